@@ -1,0 +1,46 @@
+// The single kvscope binary: `kvscope SUBCOMMAND [flags]`.
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "cli/commands.h"
+#include "common/build_info.h"
+
+namespace {
+
+constexpr char kUsage[] =
+    "kvscope: measure how KV-cache strategies for LLM inference trade latency, throughput,\n"
+    "memory and answer quality.\n\n"
+    "usage: kvscope SUBCOMMAND [flags]   (kvscope SUBCOMMAND --help for its flags)\n\n"
+    "subcommands:\n"
+    "  generate   run a model on a prompt and print the continuation and tokens/s\n"
+    "  presets    list the synthetic model presets (--model preset:NAME)\n"
+    "  version    print the version and build facts\n";
+
+int RunVersion() {
+  const kvscope::BuildInfo& info = kvscope::GetBuildInfo();
+  std::printf("kvscope %s (commit %s, %s build, cuda %s, nccl %s%s)\n", info.version.c_str(),
+              info.git_commit.c_str(), info.build_type.c_str(), info.with_cuda ? "on" : "off",
+              info.with_nccl ? "on" : "off", info.sanitizers ? ", sanitizers" : "");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fputs(kUsage, stderr);
+    return 2;
+  }
+  const std::string command = argv[1];
+  const std::vector<std::string> args(argv + 2, argv + argc);
+  if (command == "--help" || command == "-h" || command == "help") {
+    std::fputs(kUsage, stdout);
+    return 0;
+  }
+  if (command == "--version" || command == "version") return RunVersion();
+  if (command == "generate") return kvscope::cli::RunGenerate(args);
+  if (command == "presets") return kvscope::cli::RunPresets(args);
+  std::fprintf(stderr, "kvscope: unknown subcommand '%s'\n\n%s", command.c_str(), kUsage);
+  return 2;
+}

@@ -1,0 +1,68 @@
+// File: engine/engine.h
+//
+// A model ready to run: weights, one ModelShard and one KvCache per tensor-parallel rank,
+// and the communicator group. Forward() runs one step on every rank (rank 0 on the calling
+// thread, the others on threads of their own) and returns rank 0's logits.
+//
+// Thread-safety: one caller at a time.
+#ifndef KVSCOPE_ENGINE_ENGINE_H_
+#define KVSCOPE_ENGINE_ENGINE_H_
+
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/communicator.h"
+#include "engine/model.h"
+#include "kvcache/kv_cache.h"
+
+namespace kvscope::engine {
+
+struct EngineOptions {
+  int tp_size = 1;
+  // Worker threads for the CPU ops over all ranks (0 = every core).
+  int num_threads = 0;
+  // Builds the KV cache of each rank; null = kvcache::FullKvCache with these settings.
+  std::function<std::unique_ptr<kvcache::KvCache>(const kvcache::KvShape&, int rank)> kv_factory;
+  int32_t block_size = 16;
+  int64_t max_kv_tokens = 0;  // 0 = unbounded
+};
+
+class Engine {
+ public:
+  // InvalidArgument (listing the sizes that work) when tp_size cannot split the model.
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(std::shared_ptr<const ModelWeights> weights,
+                                                        const EngineOptions& options);
+  ~Engine();
+
+  // One step over the batch. Validates the input first (InvalidArgument naming the sequence,
+  // position and id for a token outside the vocabulary, OutOfRange for positions beyond the
+  // model's context) so that a bad request never reaches the ranks. After a failure inside
+  // the ranks the engine refuses further steps (FailedPrecondition): its caches may disagree.
+  absl::StatusOr<ForwardOutput> Forward(absl::Span<const SeqInput> batch);
+
+  // Frees the sequence's KV on every rank.
+  void Release(int64_t seq_id);
+
+  const ModelConfig& config() const { return weights_->config; }
+  int tp_size() const { return options_.tp_size; }
+  kvcache::KvCache& kv_cache(int rank) { return *caches_[rank]; }
+
+ private:
+  Engine(std::shared_ptr<const ModelWeights> weights, const EngineOptions& options);
+  absl::Status Validate(absl::Span<const SeqInput> batch) const;
+
+  std::shared_ptr<const ModelWeights> weights_;
+  EngineOptions options_;
+  int threads_per_rank_ = 1;
+  std::unique_ptr<LocalCommGroup> group_;
+  std::vector<std::unique_ptr<Communicator>> comms_;
+  std::vector<std::unique_ptr<ModelShard>> shards_;
+  std::vector<std::unique_ptr<kvcache::KvCache>> caches_;
+  bool failed_ = false;
+};
+
+}  // namespace kvscope::engine
+
+#endif  // KVSCOPE_ENGINE_ENGINE_H_
