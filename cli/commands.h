@@ -12,6 +12,8 @@ namespace kvscope::cli {
 
 int RunGenerate(const std::vector<std::string>& args);
 int RunPresets(const std::vector<std::string>& args);
+int RunBench(const std::vector<std::string>& args);
+int RunStrategies(const std::vector<std::string>& args);
 
 }  // namespace kvscope::cli
 

@@ -14,6 +14,8 @@ constexpr char kUsage[] =
     "usage: kvscope SUBCOMMAND [flags]   (kvscope SUBCOMMAND --help for its flags)\n\n"
     "subcommands:\n"
     "  generate   run a model on a prompt and print the continuation and tokens/s\n"
+    "  bench      serve a generated request load under one KV strategy and measure it\n"
+    "  strategies list the KV-cache strategies and their parameters\n"
     "  presets    list the synthetic model presets (--model preset:NAME)\n"
     "  version    print the version and build facts\n";
 
@@ -41,6 +43,8 @@ int main(int argc, char** argv) {
   if (command == "--version" || command == "version") return RunVersion();
   if (command == "generate") return kvscope::cli::RunGenerate(args);
   if (command == "presets") return kvscope::cli::RunPresets(args);
+  if (command == "bench") return kvscope::cli::RunBench(args);
+  if (command == "strategies") return kvscope::cli::RunStrategies(args);
   std::fprintf(stderr, "kvscope: unknown subcommand '%s'\n\n%s", command.c_str(), kUsage);
   return 2;
 }

@@ -40,6 +40,18 @@ absl::Status ValidateTensorParallelSize(const ModelConfig& c, int tp_size) {
       "); sizes that work: ", absl::StrJoin(WorkingTensorParallelSizes(c), ", ")));
 }
 
+kvcache::KvGeometry KvGeometryFor(const ModelConfig& c, int tp) {
+  kvcache::KvGeometry g;
+  g.num_layers = static_cast<int32_t>(c.num_layers);
+  // Split evenly, or one replicated KV head per rank when tp exceeds them (see ModelShard).
+  g.kv_heads_per_rank = static_cast<int32_t>(c.num_kv_heads % tp == 0 ? c.num_kv_heads / tp : 1);
+  g.head_dim = static_cast<int32_t>(c.head_dim);
+  g.bytes_per_element = sizeof(float);
+  g.tp_size = tp;
+  g.num_heads_per_rank = static_cast<int32_t>(c.num_heads / tp);
+  return g;
+}
+
 ModelShard::ModelShard(const ModelWeights& weights, int rank, int tp_size)
     : w_(weights), c_(weights.config), rank_(rank), tp_(tp_size) {
   heads_ = c_.num_heads / tp_;

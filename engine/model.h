@@ -23,6 +23,7 @@
 #include "engine/communicator.h"
 #include "engine/weights.h"
 #include "kvcache/kv_cache.h"
+#include "kvcache/kv_manager.h"
 
 namespace kvscope::engine {
 
@@ -46,6 +47,9 @@ struct ForwardOutput {
 absl::Status ValidateTensorParallelSize(const ModelConfig& config, int tp_size);
 // Tensor-parallel sizes in [1, limit] that can split the model.
 std::vector<int> WorkingTensorParallelSizes(const ModelConfig& config, int limit = 64);
+
+// What one rank stores per token at tensor-parallel size `tp` (float32 on the CPU).
+kvcache::KvGeometry KvGeometryFor(const ModelConfig& config, int tp);
 
 // The slice of the model that one rank computes. Holds views into shared weights and its
 // own activation workspace. Not thread-safe: one thread per shard.

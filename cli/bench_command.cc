@@ -1,0 +1,334 @@
+// `kvscope bench`: one benchmark run on this machine (model x KV strategy x workload).
+#include <unistd.h>
+
+#include <atomic>
+#include <csignal>
+#include <cstdio>
+#include <ctime>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "cli/commands.h"
+#include "cli/flag_set.h"
+#include "cli/progress.h"
+#include "common/env_fingerprint.h"
+#include "common/status_macros.h"
+#include "common/units.h"
+#include "engine/bench_config.h"
+#include "engine/engine.h"
+#include "engine/metrics.h"
+#include "engine/model.h"
+#include "engine/model_source.h"
+#include "engine/serving.h"
+#include "engine/workload.h"
+#include "kvcache/registry.h"
+
+namespace kvscope::cli {
+namespace {
+
+std::atomic<bool> g_stop{false};
+
+void OnSigint(int) {
+  // First Ctrl-C: finish the step in flight and write what was measured. Second: default.
+  g_stop.store(true);
+  std::signal(SIGINT, SIG_DFL);
+}
+
+// Flag values; only flags the user gave override the YAML file.
+struct BenchFlags {
+  std::string config, model, strategy, kv_memory, request_rate, arrival, input_dist, output_dist;
+  std::string dataset, text, trace, out, goodput;
+  std::vector<std::string> strategy_params;
+  int64_t num_requests = 0, concurrency = 0, input_len = 0, output_len = 0, input_min = 0,
+          input_max = 0, output_min = 0, output_max = 0, prefix_groups = 0, prefix_len = 0,
+          turns = 0, seed = 0, tp = 0, threads = 0, max_num_seqs = 0,
+          max_num_batched_tokens = 0, max_model_len = 0, weights_seed = 0;
+  double burstiness = 0, input_spread = 0, output_spread = 0, think_time = 0;
+  bool no_chunked_prefill = false, no_ignore_eos = false;
+};
+
+absl::Status ApplyFlags(const FlagSet& flags, const BenchFlags& f, engine::BenchConfig* c) {
+  auto set = [&](const char* name) { return flags.IsSet(name); };
+  if (set("model")) c->model = f.model;
+  if (set("weights-seed")) c->weights_seed = static_cast<uint64_t>(f.weights_seed);
+  if (set("strategy") && f.strategy != c->strategy) {
+    // Another strategy: parameters from the file belonged to the old one (as in YAML).
+    c->strategy = f.strategy;
+    c->strategy_params.clear();
+  }
+  for (const std::string& kv : f.strategy_params) {
+    std::pair<std::string, std::string> p = absl::StrSplit(kv, absl::MaxSplits('=', 1));
+    if (p.first.empty() || kv.find('=') == std::string::npos) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--strategy-param expects KEY=VALUE, got '", kv, "'"));
+    }
+    c->strategy_params[p.first] = p.second;
+  }
+  if (set("kv-memory")) {
+    KVSCOPE_ASSIGN_OR_RETURN(c->kv_memory_bytes, ParseBytes(f.kv_memory));
+  }
+  engine::WorkloadSpec& w = c->workload;
+  if (set("num-requests")) w.num_requests = f.num_requests;
+  if (set("request-rate")) {
+    if (f.request_rate == "inf") {
+      w.request_rate = 0;
+      if (!set("arrival")) w.arrival = engine::ArrivalKind::kAllAtOnce;
+    } else {
+      double rate;
+      if (!absl::SimpleAtod(f.request_rate, &rate) || !(rate > 0) || rate > 1e12) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "--request-rate must be a number > 0 or inf, got '", f.request_rate, "'"));
+      }
+      w.request_rate = rate;
+      if (!set("arrival") && w.arrival == engine::ArrivalKind::kAllAtOnce) {
+        w.arrival = engine::ArrivalKind::kPoisson;
+      }
+    }
+  }
+  if (set("arrival")) {
+    KVSCOPE_ASSIGN_OR_RETURN(w.arrival, engine::ParseArrivalKind(f.arrival));
+  }
+  if (set("request-rate") && f.request_rate == "inf" &&
+      (w.arrival == engine::ArrivalKind::kPoisson || w.arrival == engine::ArrivalKind::kGamma ||
+       w.arrival == engine::ArrivalKind::kConstant)) {
+    w.arrival = engine::ArrivalKind::kAllAtOnce;  // an infinite rate means all at t=0
+  }
+  if (set("burstiness")) w.burstiness = f.burstiness;
+  if (set("concurrency")) w.concurrency = static_cast<int32_t>(f.concurrency);
+  auto length = [&](const char* prefix, int64_t value, const std::string& dist, double spread,
+                    int64_t min, int64_t max, engine::LengthSpec* spec) -> absl::Status {
+    const std::string p = prefix;
+    if (set((p + "-len").c_str())) {
+      spec->mean = static_cast<double>(value);
+      if (!set((p + "-dist").c_str())) spec->dist = engine::LengthDist::kFixed;
+    }
+    if (set((p + "-dist").c_str())) {
+      KVSCOPE_ASSIGN_OR_RETURN(spec->dist, engine::ParseLengthDist(dist));
+    }
+    if (set((p + "-spread").c_str())) spec->spread = spread;
+    if (set((p + "-min").c_str())) spec->min = min;
+    if (set((p + "-max").c_str())) spec->max = max;
+    return absl::OkStatus();
+  };
+  KVSCOPE_RETURN_IF_ERROR(length("input", f.input_len, f.input_dist, f.input_spread, f.input_min,
+                                 f.input_max, &w.input_len));
+  KVSCOPE_RETURN_IF_ERROR(length("output", f.output_len, f.output_dist, f.output_spread,
+                                 f.output_min, f.output_max, &w.output_len));
+  if (set("dataset")) {
+    KVSCOPE_ASSIGN_OR_RETURN(w.source, engine::ParseSourceKind(f.dataset));
+  }
+  if (set("text")) w.text_path = f.text;
+  if (set("trace")) w.trace_path = f.trace;
+  if (set("prefix-groups")) w.num_prefix_groups = static_cast<int32_t>(f.prefix_groups);
+  if (set("prefix-len")) w.shared_prefix_len = f.prefix_len;
+  if (set("turns")) w.turns = static_cast<int32_t>(f.turns);
+  if (set("think-time")) w.think_time_s = f.think_time;
+  if (set("seed")) w.seed = static_cast<uint64_t>(f.seed);
+  if (set("no-ignore-eos") || (set("ignore-eos") && f.no_ignore_eos)) w.ignore_eos = false;
+  if (set("out")) c->out_dir = f.out;
+  if (set("tp")) c->tp = static_cast<int32_t>(f.tp);
+  if (set("threads")) c->threads = static_cast<int32_t>(f.threads);
+  engine::SchedulerOptions& s = c->scheduler;
+  if (set("max-num-seqs")) s.max_num_seqs = static_cast<int32_t>(f.max_num_seqs);
+  if (set("max-num-batched-tokens")) s.max_num_batched_tokens = f.max_num_batched_tokens;
+  if (set("no-chunked-prefill")) s.chunked_prefill = !f.no_chunked_prefill;
+  if (set("max-model-len")) s.max_model_len = f.max_model_len;
+  if (set("goodput")) {
+    for (absl::string_view part : absl::StrSplit(f.goodput, ',', absl::SkipWhitespace())) {
+      std::pair<std::string, std::string> kv = absl::StrSplit(part, absl::MaxSplits(':', 1));
+      double ms;
+      if (!absl::SimpleAtod(kv.second, &ms) || !(ms > 0)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "--goodput expects ttft:MS,tpot:MS,e2el:MS with MS > 0, got '", part, "'"));
+      }
+      if (kv.first == "ttft") {
+        c->slo.ttft_ms = ms;
+      } else if (kv.first == "tpot") {
+        c->slo.tpot_ms = ms;
+      } else if (kv.first == "e2el") {
+        c->slo.e2el_ms = ms;
+      } else {
+        return absl::InvalidArgumentError(
+            absl::StrCat("--goodput: unknown objective '", kv.first, "' (ttft, tpot, e2el)"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Runs the benchmark; returns the process exit code after printing errors.
+absl::StatusOr<int> Run(engine::BenchConfig c) {
+  KVSCOPE_RETURN_IF_ERROR(engine::ValidateBenchConfig(c));
+  // Strategy name and parameters are checked before the model is loaded.
+  KVSCOPE_RETURN_IF_ERROR(kvcache::ParseStrategyParams(c.strategy, c.strategy_params).status());
+  KVSCOPE_ASSIGN_OR_RETURN(engine::LoadedModel model,
+                           engine::LoadModel(c.model, {c.weights_seed, 0}));
+  const engine::ModelConfig& mc = model.weights->config;
+  KVSCOPE_RETURN_IF_ERROR(engine::ValidateTensorParallelSize(mc, c.tp));
+  if (c.scheduler.max_model_len == 0) c.scheduler.max_model_len = mc.max_position_embeddings;
+  if (c.scheduler.max_model_len > mc.max_position_embeddings) {
+    return absl::InvalidArgumentError(absl::StrCat("max_model_len ", c.scheduler.max_model_len,
+                                                   " exceeds the model's context of ",
+                                                   mc.max_position_embeddings));
+  }
+  KVSCOPE_RETURN_IF_ERROR(engine::ValidateSchedulerOptions(c.scheduler));
+  c.workload.vocab_size = mc.vocab_size;
+  c.workload.max_model_len = c.scheduler.max_model_len;
+  KVSCOPE_ASSIGN_OR_RETURN(std::vector<engine::RequestSpec> workload,
+                           engine::BuildWorkload(c.workload, model.tokenizer.get()));
+
+  kvcache::KvManagerContext context{engine::KvGeometryFor(mc, c.tp), c.kv_memory_bytes,
+                                    c.scheduler.max_model_len};
+  KVSCOPE_ASSIGN_OR_RETURN(std::unique_ptr<kvcache::KvManager> kv,
+                           kvcache::CreateKvManager(c.strategy, c.strategy_params, context));
+  int64_t smallest = INT64_MAX;
+  for (const engine::RequestSpec& r : workload) {
+    smallest = std::min<int64_t>(smallest, r.prompt.size() + r.output_len);
+  }
+  if (smallest > kv->CapacityTokens()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--kv-memory ", FormatBytes(c.kv_memory_bytes), " holds ", kv->CapacityTokens(),
+        " tokens with ", c.strategy, ", but the smallest request needs ", smallest,
+        " (prompt + output); raise --kv-memory"));
+  }
+
+  engine::EngineOptions options;
+  options.tp_size = c.tp;
+  options.num_threads = c.threads;
+  kvcache::KvManager* manager = kv.get();
+  options.kv_factory = [manager](const kvcache::KvShape&, int rank) {
+    return manager->CreateRankCache(rank);
+  };
+  KVSCOPE_ASSIGN_OR_RETURN(std::unique_ptr<engine::Engine> eng,
+                           engine::Engine::Create(model.weights, options));
+
+  std::printf("kvscope bench: %s, strategy %s, KV %s (%lld tokens), %zu requests, tp=%d\n",
+              c.model.c_str(), c.strategy.c_str(), FormatBytes(c.kv_memory_bytes).c_str(),
+              static_cast<long long>(kv->CapacityTokens()), workload.size(), c.tp);
+  std::fflush(stdout);
+  ProgressReporter progress("requests", isatty(STDERR_FILENO) == 1);
+  engine::ServingOptions serving;
+  serving.scheduler = c.scheduler;
+  serving.arrival = c.workload.arrival;
+  serving.concurrency = c.workload.concurrency;
+  serving.ignore_eos = c.workload.ignore_eos;
+  serving.eos_ids = mc.eos_token_ids;
+  serving.stop = &g_stop;
+  serving.on_progress = [&](const engine::ServingProgress& p) {
+    progress.Update(p.finished, p.total, p.elapsed_s);
+  };
+  g_stop.store(false);
+  std::signal(SIGINT, OnSigint);
+  engine::ServingResult run = engine::RunServing(*eng, *kv, workload, serving);
+  std::signal(SIGINT, SIG_DFL);
+  progress.Finish();
+
+  engine::ResultDocument doc;
+  doc.config = engine::BenchConfigToJson(c);
+  doc.config["strategy_params_resolved"] =
+      kvcache::ParseStrategyParams(c.strategy, c.strategy_params)->values();
+  doc.config["kv_capacity_tokens"] = kv->CapacityTokens();
+  doc.environment = EnvironmentFingerprint(static_cast<int64_t>(std::time(nullptr)));
+  const double target = c.workload.arrival == engine::ArrivalKind::kAllAtOnce ||
+                                c.workload.arrival == engine::ArrivalKind::kClosedLoop
+                            ? 0.0
+                            : c.workload.request_rate;
+  doc.summary = engine::Summarize(run.requests, run.steps, target, c.slo);
+  doc.steps = std::move(run.steps);
+  doc.requests = std::move(run.requests);
+  doc.complete = run.complete;
+  doc.status_message = run.status_message;
+  KVSCOPE_RETURN_IF_ERROR(engine::WriteResult(c.out_dir, doc));
+  std::fputs(engine::FormatSummaryTable(doc.summary).c_str(), stdout);
+  std::printf("results: %s/result.json, %s/requests.jsonl%s\n", c.out_dir.c_str(),
+              c.out_dir.c_str(), run.complete ? "" : " (incomplete)");
+  if (!run.complete) {
+    std::fprintf(stderr, "kvscope bench: %s\n", run.status_message.c_str());
+    return g_stop.load() ? 130 : 1;
+  }
+  return 0;
+}
+
+}  // namespace
+
+int RunBench(const std::vector<std::string>& args) {
+  BenchFlags f;
+  FlagSet flags("kvscope bench", "--model DIR|preset:NAME --out DIR [flags] | --config FILE [flags]",
+                "Runs one benchmark on this machine: the model serves a generated request load\n"
+                "with continuous batching under one KV-cache strategy, and the run's latency,\n"
+                "throughput, memory and scheduler figures go to DIR/result.json and\n"
+                "DIR/requests.jsonl. Flags override the YAML file (docs/bench.md).");
+  flags.String("config", &f.config, "YAML file with the run (docs/bench.md)");
+  flags.String("model", &f.model, "model directory or preset:NAME");
+  flags.String("strategy", &f.strategy, "KV strategy (kvscope strategies lists them)");
+  flags.StringList("strategy-param", &f.strategy_params, "strategy parameter KEY=VALUE");
+  flags.String("kv-memory", &f.kv_memory, "device KV budget per rank, e.g. 64MiB (default 64MiB)");
+  flags.Int("num-requests", &f.num_requests, "requests in the workload (default 100)");
+  flags.String("request-rate", &f.request_rate, "requests/s, or inf for all at t=0 (default inf)");
+  flags.String("arrival", &f.arrival, "all, poisson, gamma, constant, closed or trace");
+  flags.Double("burstiness", &f.burstiness, "gamma shape (1 = Poisson)");
+  flags.Int("concurrency", &f.concurrency, "requests in flight for --arrival closed");
+  flags.Int("input-len", &f.input_len, "prompt length (mean for distributions)");
+  flags.String("input-dist", &f.input_dist, "fixed, uniform, normal or lognormal");
+  flags.Double("input-spread", &f.input_spread, "uniform half-width, normal stddev, lognormal sigma");
+  flags.Int("input-min", &f.input_min, "shortest prompt");
+  flags.Int("input-max", &f.input_max, "longest prompt");
+  flags.Int("output-len", &f.output_len, "output length (mean for distributions)");
+  flags.String("output-dist", &f.output_dist, "fixed, uniform, normal or lognormal");
+  flags.Double("output-spread", &f.output_spread, "as --input-spread");
+  flags.Int("output-min", &f.output_min, "shortest output");
+  flags.Int("output-max", &f.output_max, "longest output");
+  flags.String("dataset", &f.dataset, "random, text, trace, shared-prefix or multi-turn");
+  flags.String("text", &f.text, "text file for --dataset text");
+  flags.String("trace", &f.trace, "JSONL trace for --dataset trace");
+  flags.Int("prefix-groups", &f.prefix_groups, "groups for --dataset shared-prefix");
+  flags.Int("prefix-len", &f.prefix_len, "shared prefix tokens for --dataset shared-prefix");
+  flags.Int("turns", &f.turns, "turns per conversation for --dataset multi-turn");
+  flags.Double("think-time", &f.think_time, "seconds between turns for --dataset multi-turn");
+  flags.Int("seed", &f.seed, "workload seed");
+  flags.String("out", &f.out, "output directory for result.json and requests.jsonl");
+  flags.Int("tp", &f.tp, "tensor-parallel size");
+  flags.Int("threads", &f.threads, "CPU threads over all ranks; 0 = every core");
+  flags.Int("max-num-seqs", &f.max_num_seqs, "most sequences per step (default 256)");
+  flags.Int("max-num-batched-tokens", &f.max_num_batched_tokens, "token budget per step (default 2048)");
+  flags.Bool("no-chunked-prefill", &f.no_chunked_prefill, "compute each prompt in one step");
+  flags.Int("max-model-len", &f.max_model_len, "longest prompt + output; 0 = the model's context");
+  flags.String("goodput", &f.goodput, "objectives, e.g. ttft:500,tpot:50,e2el:2000 (ms)");
+  flags.Int("weights-seed", &f.weights_seed, "seed of a preset's random weights");
+  flags.Bool("no-ignore-eos", &f.no_ignore_eos, "stop requests at end-of-sequence tokens");
+  if (absl::Status s = flags.Parse(args, nullptr); !s.ok()) {
+    std::fprintf(stderr, "%s\n", std::string(s.message()).c_str());
+    return 2;
+  }
+  if (flags.help_requested()) {
+    std::fputs(flags.Help().c_str(), stdout);
+    return 0;
+  }
+  engine::BenchConfig config;
+  absl::Status status;
+  if (!f.config.empty()) {
+    std::ifstream in(f.config);
+    if (!in) {
+      std::fprintf(stderr, "kvscope bench: error: cannot read --config %s\n", f.config.c_str());
+      return 1;
+    }
+    std::stringstream text;
+    text << in.rdbuf();
+    status = engine::ParseBenchConfigYaml(text.str(), f.config, &config);
+  }
+  if (status.ok()) status = ApplyFlags(flags, f, &config);
+  absl::StatusOr<int> code = status.ok() ? Run(std::move(config)) : absl::StatusOr<int>(status);
+  if (!code.ok()) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "kvscope bench: error: %s\n", std::string(code.status().message()).c_str());
+    return absl::IsInvalidArgument(code.status()) ? 2 : 1;
+  }
+  return *code;
+}
+
+}  // namespace kvscope::cli

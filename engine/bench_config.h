@@ -1,0 +1,70 @@
+// File: engine/bench_config.h
+//
+// One benchmark run ("trial"): model, KV strategy and its parameters, memory budget,
+// workload, scheduler limits, seed. Built from flags or from a YAML file whose keys are
+// those of a sweep's base trial (docs/bench.md), e.g.
+//
+//   model: {preset: llama-tiny}          # or {path: /models/Meta-Llama-3-8B}
+//   strategy: {name: paged, block_size: 16}
+//   memory: {kv_bytes: 64MiB}
+//   workload: {num_requests: 200, arrival: poisson, request_rate: 8,
+//              input_len: {dist: lognormal, mean: 256, spread: 0.5}, output_len: 64}
+//   scheduler: {max_num_seqs: 256, max_num_batched_tokens: 2048, chunked_prefill: true}
+//   tp: 1
+//   seed: 7
+//
+// Every error names the file, line and key, what was found and what is allowed.
+#ifndef KVSCOPE_ENGINE_BENCH_CONFIG_H_
+#define KVSCOPE_ENGINE_BENCH_CONFIG_H_
+
+#include <cstdint>
+#include <map>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "engine/metrics.h"
+#include "engine/scheduler.h"
+#include "engine/workload.h"
+#include "nlohmann/json.hpp"
+
+namespace kvscope::engine {
+
+struct BenchConfig {
+  std::string model;     // a directory or "preset:NAME"
+  uint64_t weights_seed = 0;
+  std::string strategy = "paged";
+  std::map<std::string, std::string> strategy_params;  // validated by kvcache/registry.h
+  int64_t kv_memory_bytes = 64LL << 20;  // device KV budget per rank
+  int32_t tp = 1;
+  int32_t threads = 0;  // CPU threads over all ranks; 0 = every core
+  WorkloadSpec workload;  // workload.seed is the trial seed
+  SchedulerOptions scheduler;  // max_model_len 0 = the model's context
+  SloSpec slo;  // goodput objectives
+  std::string out_dir;
+};
+
+// Parses YAML text into `config` (fields present in the text replace those in `config`).
+// `source` (the file path) prefixes errors: "FILE:LINE: key 'workload.arrival': found
+// 'poison', allowed: all, poisson, gamma, constant, closed, trace". Unknown keys are errors.
+absl::Status ParseBenchConfigYaml(const std::string& yaml_text, const std::string& source,
+                                  BenchConfig* config);
+
+// Checks the whole configuration before any work: model given, budget > 0, tp >= 1, the
+// workload (ValidateWorkloadSpec) and scheduler options (ValidateSchedulerOptions, except
+// max_model_len 0 which is filled from the model later), out_dir given.
+absl::Status ValidateBenchConfig(const BenchConfig& config);
+
+// The configuration as JSON, recorded in result.json.
+nlohmann::json BenchConfigToJson(const BenchConfig& config);
+
+// "all"/"poisson"/... <-> ArrivalKind, and the same for length distributions and sources.
+absl::StatusOr<ArrivalKind> ParseArrivalKind(const std::string& text);
+absl::StatusOr<LengthDist> ParseLengthDist(const std::string& text);
+absl::StatusOr<SourceKind> ParseSourceKind(const std::string& text);
+std::string ArrivalKindName(ArrivalKind kind);
+std::string LengthDistName(LengthDist dist);
+std::string SourceKindName(SourceKind kind);
+
+}  // namespace kvscope::engine
+
+#endif  // KVSCOPE_ENGINE_BENCH_CONFIG_H_
