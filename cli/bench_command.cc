@@ -1,6 +1,7 @@
 // `kvscope bench`: one benchmark run on this machine (model x KV strategy x workload).
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <csignal>
 #include <cstdio>
@@ -24,6 +25,7 @@
 #include "engine/metrics.h"
 #include "engine/model.h"
 #include "engine/model_source.h"
+#include "engine/quality.h"
 #include "engine/serving.h"
 #include "engine/workload.h"
 #include "kvcache/registry.h"
@@ -50,6 +52,10 @@ struct BenchFlags {
           max_num_batched_tokens = 0, max_model_len = 0, weights_seed = 0;
   double burstiness = 0, input_spread = 0, output_spread = 0, think_time = 0;
   bool no_chunked_prefill = false, no_ignore_eos = false;
+  // Quality vs the full cache (engine/quality.h); not part of the YAML config.
+  double quality_sample_rate = -1;  // < 0: 1 for lossy strategies, 0 otherwise
+  int64_t quality_steps = 0;        // 0: the request's output length, capped at 64
+  std::string perplexity_text;
 };
 
 absl::Status ApplyFlags(const FlagSet& flags, const BenchFlags& f, engine::BenchConfig* c) {
@@ -162,13 +168,33 @@ absl::Status ApplyFlags(const FlagSet& flags, const BenchFlags& f, engine::Bench
 }
 
 // Runs the benchmark; returns the process exit code after printing errors.
-absl::StatusOr<int> Run(engine::BenchConfig c) {
+absl::StatusOr<int> Run(engine::BenchConfig c, const BenchFlags& f) {
   KVSCOPE_RETURN_IF_ERROR(engine::ValidateBenchConfig(c));
+  engine::BenchQualityOptions quality;
+  quality.sample_rate = f.quality_sample_rate;
+  quality.steps = static_cast<int32_t>(std::clamp<int64_t>(f.quality_steps, -1, INT32_MAX));
+  KVSCOPE_RETURN_IF_ERROR(engine::ValidateBenchQualityOptions(quality));
   // Strategy name and parameters are checked before the model is loaded.
   KVSCOPE_RETURN_IF_ERROR(kvcache::ParseStrategyParams(c.strategy, c.strategy_params).status());
   KVSCOPE_ASSIGN_OR_RETURN(engine::LoadedModel model,
                            engine::LoadModel(c.model, {c.weights_seed, 0}));
   const engine::ModelConfig& mc = model.weights->config;
+  if (!f.perplexity_text.empty()) {
+    std::ifstream in(f.perplexity_text);
+    std::stringstream text;
+    if (!in || !(text << in.rdbuf())) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("cannot read --perplexity-text ", f.perplexity_text));
+    }
+    if (model.tokenizer == nullptr) {
+      return absl::InvalidArgumentError("--perplexity-text needs a model with a tokenizer");
+    }
+    KVSCOPE_ASSIGN_OR_RETURN(quality.perplexity_ids, model.tokenizer->Encode(text.str()));
+    if (quality.perplexity_ids.size() < 2) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--perplexity-text ", f.perplexity_text, " has fewer than 2 tokens"));
+    }
+  }
   KVSCOPE_RETURN_IF_ERROR(engine::ValidateTensorParallelSize(mc, c.tp));
   if (c.scheduler.max_model_len == 0) c.scheduler.max_model_len = mc.max_position_embeddings;
   if (c.scheduler.max_model_len > mc.max_position_embeddings) {
@@ -243,6 +269,30 @@ absl::StatusOr<int> Run(engine::BenchConfig c) {
   doc.requests = std::move(run.requests);
   doc.complete = run.complete;
   doc.status_message = run.status_message;
+  // Quality against the full cache (engine/quality.h), measured after the timed run.
+  if (!g_stop.load()) {
+    quality.seed = c.workload.seed;
+    quality.num_threads = c.threads;
+    KVSCOPE_ASSIGN_OR_RETURN(
+        const engine::BenchQualityReport q,
+        engine::MeasureBenchQuality(model.weights, c.strategy, c.strategy_params, context,
+                                    workload, quality, &doc.requests));
+    for (const std::string& w : q.warnings) {
+      std::fprintf(stderr, "kvscope bench: quality check skipped: %s\n", w.c_str());
+    }
+    if (!q.perplexity_error.empty()) {
+      std::fprintf(stderr, "kvscope bench: no strategy perplexity: %s\n",
+                   q.perplexity_error.c_str());
+    }
+    engine::ApplyQualityToSummary(doc.requests, q, &doc.summary);
+    doc.config["quality"] = {{"sample_rate", q.sample_rate},
+                             {"steps", quality.steps},
+                             {"sampled_requests", q.sampled},
+                             {"measured_requests", q.measured},
+                             {"perplexity_text", f.perplexity_text},
+                             {"perplexity_tokens", quality.perplexity_ids.size()},
+                             {"perplexity_error", q.perplexity_error}};
+  }
   KVSCOPE_RETURN_IF_ERROR(engine::WriteResult(c.out_dir, doc));
   std::fputs(engine::FormatSummaryTable(doc.summary).c_str(), stdout);
   std::printf("results: %s/result.json, %s/requests.jsonl%s\n", c.out_dir.c_str(),
@@ -301,6 +351,13 @@ int RunBench(const std::vector<std::string>& args) {
   flags.String("goodput", &f.goodput, "objectives, e.g. ttft:500,tpot:50,e2el:2000 (ms)");
   flags.Int("weights-seed", &f.weights_seed, "seed of a preset's random weights");
   flags.Bool("no-ignore-eos", &f.no_ignore_eos, "stop requests at end-of-sequence tokens");
+  flags.Double("quality-sample-rate", &f.quality_sample_rate,
+               "fraction of requests checked against the full cache (default 1 for lossy "
+               "strategies, 0 otherwise)");
+  flags.Int("quality-steps", &f.quality_steps,
+            "teacher-forced steps per checked request (default: output length, at most 64)");
+  flags.String("perplexity-text", &f.perplexity_text,
+               "text file whose perplexity is reported under the strategy and the full cache");
   if (absl::Status s = flags.Parse(args, nullptr); !s.ok()) {
     std::fprintf(stderr, "%s\n", std::string(s.message()).c_str());
     return 2;
@@ -322,7 +379,7 @@ int RunBench(const std::vector<std::string>& args) {
     status = engine::ParseBenchConfigYaml(text.str(), f.config, &config);
   }
   if (status.ok()) status = ApplyFlags(flags, f, &config);
-  absl::StatusOr<int> code = status.ok() ? Run(std::move(config)) : absl::StatusOr<int>(status);
+  absl::StatusOr<int> code = status.ok() ? Run(std::move(config), f) : absl::StatusOr<int>(status);
   if (!code.ok()) {
     std::fflush(stdout);
     std::fprintf(stderr, "kvscope bench: error: %s\n", std::string(code.status().message()).c_str());

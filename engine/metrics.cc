@@ -304,6 +304,8 @@ nlohmann::json SummaryToJson(const Summary& s) {
   j["sample_time_fraction"] = JsonNumber(s.sample_time_fraction);
   j["quality_mean_kl"] = JsonOptional(s.quality_mean_kl);
   j["quality_top1_agreement"] = JsonOptional(s.quality_top1_agreement);
+  j["quality_perplexity"] = JsonOptional(s.quality_perplexity);
+  j["quality_perplexity_full"] = JsonOptional(s.quality_perplexity_full);
   return j;
 }
 
@@ -431,13 +433,20 @@ std::string FormatSummaryTable(const Summary& s) {
              absl::StrCat(Percent(s.schedule_time_fraction), " / ",
                           Percent(s.forward_time_fraction), " / ",
                           Percent(s.sample_time_fraction)));
-  if (s.quality_mean_kl.has_value() || s.quality_top1_agreement.has_value()) {
+  if (s.quality_mean_kl.has_value() || s.quality_top1_agreement.has_value() ||
+      s.quality_perplexity.has_value() || s.quality_perplexity_full.has_value()) {
     out += Rule("Quality vs full cache", '-');
     if (s.quality_mean_kl.has_value()) {
       out += Row("Mean KL divergence:", Fixed(*s.quality_mean_kl, 4));
     }
     if (s.quality_top1_agreement.has_value()) {
       out += Row("Top-1 agreement (%):", Percent(*s.quality_top1_agreement));
+    }
+    if (s.quality_perplexity.has_value()) {
+      out += Row("Perplexity (strategy):", Fixed(*s.quality_perplexity, 4));
+    }
+    if (s.quality_perplexity_full.has_value()) {
+      out += Row("Perplexity (full cache):", Fixed(*s.quality_perplexity_full, 4));
     }
   }
   out += std::string(kTableWidth, '=') + "\n";

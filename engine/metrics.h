@@ -107,6 +107,9 @@ struct Summary {
   double schedule_time_fraction = 0, forward_time_fraction = 0, sample_time_fraction = 0;
   // Quality (lossy strategies; unset otherwise).
   std::optional<double> quality_mean_kl, quality_top1_agreement;
+  // Perplexity of the bench's --perplexity-text under the strategy and under the full cache
+  // (engine/quality.h); unset when not measured.
+  std::optional<double> quality_perplexity, quality_perplexity_full;
   // The objectives request_goodput was measured against; with none set, request_goodput is
   // 0 here and null in JSON.
   SloSpec slo;

@@ -161,6 +161,14 @@ ServingResult RunServing(Engine& engine, kvcache::KvManager& kv,
     }
   };
 
+  // Sleeps until the next arrival and releases it even if the clock stopped a hair short
+  // (a clock's resolution must not turn the wait into a busy loop).
+  auto wait_for_next_arrival = [&] {
+    const double target = arrivals.NextArrival();
+    sleep(std::max(0.0, target - now()));
+    arrivals.ReleaseDue(std::max(now(), target));
+  };
+
   while (true) {
     arrivals.ReleaseDue(now());
     if (options.stop != nullptr && options.stop->load()) {
@@ -169,7 +177,7 @@ ServingResult RunServing(Engine& engine, kvcache::KvManager& kv,
     }
     if (!scheduler.HasWork()) {
       if (!arrivals.HasPending()) break;
-      sleep(std::max(0.0, arrivals.NextArrival() - now()));
+      wait_for_next_arrival();
       continue;
     }
     StepRecord step;
@@ -186,7 +194,7 @@ ServingResult RunServing(Engine& engine, kvcache::KvManager& kv,
       if (rejected.empty()) {
         // Nothing can run and nothing finished: wait for an arrival, or give up.
         if (arrivals.HasPending()) {
-          sleep(std::max(0.0, arrivals.NextArrival() - now()));
+          wait_for_next_arrival();
           continue;
         }
         stop_early("requests are waiting for KV memory that nothing will free");
