@@ -214,7 +214,7 @@ absl::StatusOr<int> Run(engine::BenchConfig c, const BenchFlags& f) {
                            kvcache::CreateKvManager(c.strategy, c.strategy_params, context));
   int64_t smallest = INT64_MAX;
   for (const engine::RequestSpec& r : workload) {
-    smallest = std::min<int64_t>(smallest, r.prompt.size() + r.output_len);
+    smallest = std::min<int64_t>(smallest, kv->PeakTokens({r.id, r.prompt, r.output_len}));
   }
   if (smallest > kv->CapacityTokens()) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -248,8 +248,6 @@ absl::StatusOr<int> Run(engine::BenchConfig c, const BenchFlags& f) {
   serving.on_progress = [&](const engine::ServingProgress& p) {
     progress.Update(p.finished, p.total, p.elapsed_s);
   };
-  g_stop.store(false);
-  std::signal(SIGINT, OnSigint);
   engine::ServingResult run = engine::RunServing(*eng, *kv, workload, serving);
   std::signal(SIGINT, SIG_DFL);
   progress.Finish();
@@ -366,6 +364,9 @@ int RunBench(const std::vector<std::string>& args) {
     std::fputs(flags.Help().c_str(), stdout);
     return 0;
   }
+  // Ctrl-C from here on stops the run cleanly (during set-up: before any request starts).
+  g_stop.store(false);
+  std::signal(SIGINT, OnSigint);
   engine::BenchConfig config;
   absl::Status status;
   if (!f.config.empty()) {

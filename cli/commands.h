@@ -14,6 +14,7 @@ int RunGenerate(const std::vector<std::string>& args);
 int RunPresets(const std::vector<std::string>& args);
 int RunBench(const std::vector<std::string>& args);
 int RunStrategies(const std::vector<std::string>& args);
+int RunReport(const std::vector<std::string>& args);
 
 }  // namespace kvscope::cli
 

@@ -16,6 +16,7 @@ constexpr char kUsage[] =
     "  generate   run a model on a prompt and print the continuation and tokens/s\n"
     "  bench      serve a generated request load under one KV strategy and measure it\n"
     "  strategies list the KV-cache strategies and their parameters\n"
+    "  report     print finished bench runs side by side\n"
     "  presets    list the synthetic model presets (--model preset:NAME)\n"
     "  version    print the version and build facts\n";
 
@@ -45,6 +46,7 @@ int main(int argc, char** argv) {
   if (command == "presets") return kvscope::cli::RunPresets(args);
   if (command == "bench") return kvscope::cli::RunBench(args);
   if (command == "strategies") return kvscope::cli::RunStrategies(args);
+  if (command == "report") return kvscope::cli::RunReport(args);
   std::fprintf(stderr, "kvscope: unknown subcommand '%s'\n\n%s", command.c_str(), kUsage);
   return 2;
 }

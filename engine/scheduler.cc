@@ -59,8 +59,9 @@ std::string Scheduler::NeverFits(const Seq& s) const {
     return absl::StrCat("prompt of ", prompt, " tokens + ", s.request.max_new_tokens,
                         " output tokens exceeds max_model_len ", options_.max_model_len);
   }
-  if (total > kv_.CapacityTokens()) {
-    return absl::StrCat("needs KV for ", total, " tokens but the ", kv_.name(),
+  const int64_t peak = kv_.PeakTokens({s.request.id, s.request.prompt, s.request.max_new_tokens});
+  if (peak > kv_.CapacityTokens()) {
+    return absl::StrCat("needs KV for ", peak, " tokens but the ", kv_.name(),
                         " pool holds only ", kv_.CapacityTokens(), " (raise the KV memory budget)");
   }
   return "";

@@ -114,6 +114,13 @@ class KvManager {
   // Tokens the device pool can hold at once.
   virtual int64_t CapacityTokens() const = 0;
 
+  // Token slots the sequence needs at its peak: its tokens plus every output token for
+  // strategies that keep everything, less for those that evict. The scheduler rejects a
+  // request whose peak exceeds CapacityTokens() before admitting it.
+  virtual int64_t PeakTokens(const SeqRequest& seq) const {
+    return static_cast<int64_t>(seq.tokens.size()) + seq.max_new_tokens;
+  }
+
   // Could the sequence start now? kNever when it cannot fit even in an empty pool.
   virtual Admission CanAdmit(const SeqRequest& seq) const = 0;
   // Starts tracking the sequence (precondition: CanAdmit is kOk). Returns how many of its

@@ -1,9 +1,12 @@
 // The table of KV strategies behind registry.h. To add one: write a function returning its
 // StrategyInfo (name, description, parameter specs, factory) and list it in
 // RegisteredStrategies().
+#include "absl/strings/str_cat.h"
 #include "kvcache/contiguous_kv_manager.h"
+#include "kvcache/h2o_kv_manager.h"
 #include "kvcache/paged_kv_manager.h"
 #include "kvcache/registry.h"
+#include "kvcache/streaming_kv_manager.h"
 
 namespace kvscope::kvcache {
 namespace {
@@ -85,11 +88,91 @@ StrategyInfo Paged() {
   return info;
 }
 
+ParamSpec KvBudgetParam() {
+  return Param("kv_budget", ParamType::kDouble, "0",
+               "common sparsity knob: kept tokens / (prompt + generated), in (0, 1]; 0 = unset; "
+               "the strategy's own parameters override it",
+               0.0, 1.0);
+}
+
+// kv_budget given explicitly must be in (0, 1] (0 is only the "unset" default).
+absl::Status CheckKvBudget(const char* strategy, const StrategyParams& p) {
+  if (p.IsSet("kv_budget") && !(p.Double("kv_budget") > 0.0)) {
+    return absl::InvalidArgumentError(absl::StrCat("strategy ", strategy, ": kv_budget=",
+                                                   p.Double("kv_budget"),
+                                                   " must be in (0, 1]"));
+  }
+  return absl::OkStatus();
+}
+
+StrategyInfo H2o() {
+  StrategyInfo info;
+  info.name = "h2o";
+  info.description =
+      "H2O heavy hitters + recent window per layer and KV head, prompt compressed after prefill";
+  info.params = {
+      Param("heavy_ratio", ParamType::kDouble, "0.1", "heavy hitters as a fraction of the prompt",
+            0.0, 1.0),
+      Param("recent_ratio", ParamType::kDouble, "0.1", "recent window as a fraction of the prompt",
+            0.0, 1.0),
+      Param("heavy_size", ParamType::kInt, "0", "heavy hitters in tokens (overrides heavy_ratio)",
+            0, 1 << 30),
+      Param("recent_size", ParamType::kInt, "0", "recent window in tokens (overrides recent_ratio)",
+            0, 1 << 30),
+      KvBudgetParam(),
+  };
+  info.create = [](const StrategyParams& p,
+                   const KvManagerContext& context) -> absl::StatusOr<std::unique_ptr<KvManager>> {
+    if (absl::Status s = CheckKvBudget("h2o", p); !s.ok()) return s;
+    H2oOptions options;
+    const bool budget = p.IsSet("kv_budget");
+    options.heavy_ratio = p.IsSet("heavy_ratio") || !budget ? p.Double("heavy_ratio")
+                                                            : p.Double("kv_budget") / 2;
+    options.recent_ratio = p.IsSet("recent_ratio") || !budget ? p.Double("recent_ratio")
+                                                              : p.Double("kv_budget") / 2;
+    if (p.IsSet("heavy_size")) options.heavy_size = p.Int("heavy_size");
+    if (p.IsSet("recent_size")) options.recent_size = p.Int("recent_size");
+    auto manager = CreateH2oKvManager(context, options);
+    if (!manager.ok()) return manager.status();
+    return std::unique_ptr<KvManager>(std::move(*manager));
+  };
+  return info;
+}
+
+StrategyInfo Streaming() {
+  StrategyInfo info;
+  info.name = "streaming";
+  info.description = "StreamingLLM: attention sinks + recent window, prompt compressed after prefill";
+  info.params = {
+      Param("sink_tokens", ParamType::kInt, "4", "first tokens always kept", 0, 1 << 30),
+      Param("recent_size", ParamType::kInt, "2000",
+            "recent window in tokens (default from kv_budget when that is given)", 0, 1 << 30),
+      KvBudgetParam(),
+      ChoiceParam("positions", "original",
+                  "key positions: original (as written) or rolling (cache positions; "
+                  "not supported by the model yet)",
+                  {"original", "rolling"}),
+  };
+  info.create = [](const StrategyParams& p,
+                   const KvManagerContext& context) -> absl::StatusOr<std::unique_ptr<KvManager>> {
+    if (absl::Status s = CheckKvBudget("streaming", p); !s.ok()) return s;
+    StreamingOptions options;
+    options.sink_tokens = p.Int("sink_tokens");
+    options.recent_size = p.Int("recent_size");
+    if (p.IsSet("kv_budget") && !p.IsSet("recent_size")) options.kv_budget = p.Double("kv_budget");
+    options.rolling_positions = p.Choice("positions") == "rolling";
+    auto manager = CreateStreamingKvManager(context, options);
+    if (!manager.ok()) return manager.status();
+    return std::unique_ptr<KvManager>(std::move(*manager));
+  };
+  return info;
+}
+
 }  // namespace
 
 const std::vector<StrategyInfo>& RegisteredStrategies() {
   static const std::vector<StrategyInfo>* const strategies =
-      new std::vector<StrategyInfo>{Contiguous(), Paged()};
+      new std::vector<StrategyInfo>{Contiguous(), Paged(), H2o(), Streaming()};
   return *strategies;
 }
 

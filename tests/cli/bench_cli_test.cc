@@ -139,9 +139,9 @@ TEST(BenchCliTest, BadConfigsAreRejectedBeforeAnyWork) {
 TEST(BenchCliTest, CtrlCWritesWhatWasMeasuredMarkedIncomplete) {
   KVSCOPE_REQUIRE_SHARED(dir, "models/tinystories-656k");
   const std::string out = TempDir("sigint");
-  // A run far longer than the 2 s before SIGINT: one request at a time, slow arrivals.
+  // A run far longer than the 4 s before SIGINT: one request at a time, slow arrivals.
   Outcome o;
-  o.code = testing::RunCommand("timeout --preserve-status -s INT 2 " + testing::KvscopeBinary() +
+  o.code = testing::RunCommand("timeout --preserve-status -s INT 4 " + testing::KvscopeBinary() +
                                    " bench --model " + dir +
                                    " --num-requests 400 --request-rate 20 --arrival constant"
                                    " --input-len 16 --output-len 16 --out " + out,

@@ -13,7 +13,7 @@ using ::testing::HasSubstr;
 TEST(RegistryTest, ListsStrategiesInAStableOrder) {
   std::vector<std::string> names;
   for (const StrategyInfo& info : RegisteredStrategies()) names.push_back(info.name);
-  EXPECT_THAT(names, ::testing::ElementsAre("contiguous", "paged"));
+  EXPECT_THAT(names, ::testing::ElementsAre("contiguous", "paged", "h2o", "streaming"));
 }
 
 TEST(RegistryTest, UnknownStrategyListsKnownOnes) {
