@@ -9,8 +9,6 @@
 #include "common/status_macros.h"
 #include "kvcache/full_kv_cache.h"
 
-extern "C" void openblas_set_num_threads(int num_threads);
-
 namespace kvscope::engine {
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const ModelWeights> weights,
@@ -29,8 +27,8 @@ Engine::Engine(std::shared_ptr<const ModelWeights> weights, const EngineOptions&
                         ? options_.num_threads
                         : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
   threads_per_rank_ = std::max(1, cores / options_.tp_size);
-  // BLAS threads are process-wide; each rank's GEMMs get its share of the cores.
-  openblas_set_num_threads(threads_per_rank_);
+  // Every op, GEMMs included (kernels/cpu/linear.cc), parallelizes with its rank's OpenMP
+  // team of threads_per_rank_ threads.
   group_ = std::make_unique<LocalCommGroup>(options_.tp_size);
   for (int r = 0; r < options_.tp_size; ++r) {
     comms_.push_back(group_->ForRank(r));
