@@ -80,6 +80,7 @@ int32_t PeakConcurrency(const std::vector<RequestRecord>& requests,
   std::vector<std::pair<double, int>> events;
   events.reserve(2 * requests.size());
   for (const RequestRecord& r : requests) {
+    if (r.arrival_s < 0) continue;  // never arrived (the run stopped first)
     const double end = std::max(r.finish_s >= 0 ? r.finish_s : run_end, r.arrival_s);
     if (end > r.arrival_s) {
       events.emplace_back(r.arrival_s, 1);
@@ -197,14 +198,16 @@ Summary Summarize(const std::vector<RequestRecord>& requests, const std::vector<
     s.request_goodput = static_cast<double>(good) / s.duration_s;
   }
 
-  if (requests.size() >= 2) {
-    double lo = kInf, hi = -kInf;
-    for (const RequestRecord& r : requests) {
-      lo = std::min(lo, r.arrival_s);
-      hi = std::max(hi, r.arrival_s);
-    }
-    s.achieved_request_rate =
-        hi > lo ? static_cast<double>(requests.size() - 1) / (hi - lo) : kInf;
+  double lo = kInf, hi = -kInf;
+  int64_t arrived = 0;
+  for (const RequestRecord& r : requests) {
+    if (r.arrival_s < 0) continue;  // never arrived (the run stopped first)
+    ++arrived;
+    lo = std::min(lo, r.arrival_s);
+    hi = std::max(hi, r.arrival_s);
+  }
+  if (arrived >= 2) {
+    s.achieved_request_rate = hi > lo ? static_cast<double>(arrived - 1) / (hi - lo) : kInf;
   }
   s.peak_concurrency = PeakConcurrency(requests, steps);
 

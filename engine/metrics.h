@@ -29,7 +29,7 @@ namespace kvscope::engine {
 // One request's timeline.
 struct RequestRecord {
   int64_t id = 0;
-  double arrival_s = 0;
+  double arrival_s = 0;  // < 0: never arrived (the run stopped before its arrival)
   double first_scheduled_s = -1;  // -1: never scheduled
   double first_token_s = -1;
   double finish_s = -1;

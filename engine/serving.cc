@@ -124,6 +124,7 @@ ServingResult RunServing(Engine& engine, kvcache::KvManager& kv,
   result.requests.resize(workload.size());
   for (size_t i = 0; i < workload.size(); ++i) {
     result.requests[i].id = workload[i].id;
+    result.requests[i].arrival_s = -1;  // until it arrives
     result.requests[i].conversation_id = workload[i].conversation_id;
     result.requests[i].turn = workload[i].turn;
   }

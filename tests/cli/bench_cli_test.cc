@@ -8,6 +8,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/cli/cli_test_util.h"
 #include "tests/test_util.h"
 
 namespace kvscope {
@@ -15,23 +16,10 @@ namespace {
 
 using ::testing::HasSubstr;
 
-struct Outcome {
-  int code;
-  std::string output;
-};
+using ::kvscope::testing::Kvscope;
+using ::kvscope::testing::Outcome;
 
-Outcome Kvscope(const std::string& args) {
-  Outcome o;
-  o.code = testing::RunCommand(testing::KvscopeBinary() + " " + args, &o.output);
-  return o;
-}
-
-std::string TempDir(const std::string& name) {
-  auto dir = std::filesystem::temp_directory_path() / ("kvscope_bench_test_" + name);
-  std::filesystem::remove_all(dir);
-  std::filesystem::create_directories(dir);
-  return dir.string();
-}
+std::string TempDir(const std::string& name) { return testing::FreshTempDir("bench_" + name); }
 
 nlohmann::json ReadJson(const std::string& path) {
   return nlohmann::json::parse(testing::ReadFileOrDie(path));
@@ -139,19 +127,20 @@ TEST(BenchCliTest, BadConfigsAreRejectedBeforeAnyWork) {
 TEST(BenchCliTest, CtrlCWritesWhatWasMeasuredMarkedIncomplete) {
   KVSCOPE_REQUIRE_SHARED(dir, "models/tinystories-656k");
   const std::string out = TempDir("sigint");
-  // A run far longer than the 4 s before SIGINT: one request at a time, slow arrivals.
+  // A run far longer than the 6 s before SIGINT: one request at a time, slow arrivals.
   Outcome o;
-  o.code = testing::RunCommand("timeout --preserve-status -s INT 4 " + testing::KvscopeBinary() +
+  o.code = testing::RunCommand("timeout --preserve-status -s INT 6 " + testing::KvscopeBinary() +
                                    " bench --model " + dir +
-                                   " --num-requests 400 --request-rate 20 --arrival constant"
+                                   " --num-requests 600 --request-rate 20 --arrival constant"
                                    " --input-len 16 --output-len 16 --out " + out,
                                &o.output);
   EXPECT_EQ(o.code, 130) << o.output;
+  ASSERT_TRUE(std::filesystem::exists(out + "/result.json")) << o.output;
   const nlohmann::json result = ReadJson(out + "/result.json");
   EXPECT_EQ(result["complete"], false);
   EXPECT_GT(result["summary"]["completed"].get<int>(), 0);
-  EXPECT_LT(result["summary"]["completed"].get<int>(), 400);
-  EXPECT_EQ(ReadJsonl(out + "/requests.jsonl").size(), 400u);
+  EXPECT_LT(result["summary"]["completed"].get<int>(), 600);
+  EXPECT_EQ(ReadJsonl(out + "/requests.jsonl").size(), 600u);
 }
 
 TEST(BenchCliTest, StrategiesListsParameters) {

@@ -8,6 +8,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/cli/cli_test_util.h"
 #include "tests/test_util.h"
 
 namespace kvscope {
@@ -15,23 +16,10 @@ namespace {
 
 using ::testing::HasSubstr;
 
-struct Outcome {
-  int code;
-  std::string output;
-};
+using ::kvscope::testing::Kvscope;
+using ::kvscope::testing::Outcome;
 
-Outcome Kvscope(const std::string& args) {
-  Outcome o;
-  o.code = testing::RunCommand(testing::KvscopeBinary() + " " + args, &o.output);
-  return o;
-}
-
-std::string TempDir(const std::string& name) {
-  auto dir = std::filesystem::temp_directory_path() / ("kvscope_cli_test_" + name);
-  std::filesystem::remove_all(dir);
-  std::filesystem::create_directories(dir);
-  return dir.string();
-}
+std::string TempDir(const std::string& name) { return testing::FreshTempDir("" + name); }
 
 TEST(GenerateCliTest, TellsAStory) {
   KVSCOPE_REQUIRE_SHARED(dir, "models/tinystories-656k");
