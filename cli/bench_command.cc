@@ -6,6 +6,7 @@
 #include <csignal>
 #include <cstdio>
 #include <ctime>
+#include <time.h>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -34,11 +35,26 @@ namespace kvscope::cli {
 namespace {
 
 std::atomic<bool> g_stop{false};
+std::atomic<int64_t> g_first_sigint_ns{0};
 
+// First Ctrl-C: finish the step in flight and write what was measured. A second one more
+// than a second later quits at once. (A signal sent to the process and to its process group,
+// as `timeout` does, arrives twice within microseconds; that is still the first Ctrl-C.)
 void OnSigint(int) {
-  // First Ctrl-C: finish the step in flight and write what was measured. Second: default.
-  g_stop.store(true);
-  std::signal(SIGINT, SIG_DFL);
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  const int64_t now = static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+  const int64_t first = g_first_sigint_ns.load();
+  if (first == 0) {
+    g_first_sigint_ns.store(now);
+    g_stop.store(true);
+    return;
+  }
+  if (now - first > 1000000000) {
+    static const char kMessage[] = "\nkvscope bench: second Ctrl-C, quitting without results\n";
+    (void)!write(STDERR_FILENO, kMessage, sizeof(kMessage) - 1);
+    _exit(130);
+  }
 }
 
 // Flag values; only flags the user gave override the YAML file.
@@ -249,7 +265,6 @@ absl::StatusOr<int> Run(engine::BenchConfig c, const BenchFlags& f) {
     progress.Update(p.finished, p.total, p.elapsed_s);
   };
   engine::ServingResult run = engine::RunServing(*eng, *kv, workload, serving);
-  std::signal(SIGINT, SIG_DFL);
   progress.Finish();
 
   engine::ResultDocument doc;
@@ -366,6 +381,7 @@ int RunBench(const std::vector<std::string>& args) {
   }
   // Ctrl-C from here on stops the run cleanly (during set-up: before any request starts).
   g_stop.store(false);
+  g_first_sigint_ns.store(0);
   std::signal(SIGINT, OnSigint);
   engine::BenchConfig config;
   absl::Status status;
