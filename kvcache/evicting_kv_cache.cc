@@ -7,6 +7,7 @@
 #include "common/status_macros.h"
 #include "common/units.h"
 #include "kvcache/capacity.h"
+#include "kvcache/managed_kv_cache.h"
 
 namespace kvscope::kvcache {
 
@@ -271,25 +272,7 @@ EvictingKvCache::EvictingKvCache(EvictingKvManager* manager,
 }
 
 absl::Status EvictingKvCache::PrepareStep(absl::Span<const SeqStep> seqs) {
-  if (planned_->generation == 0) {
-    return absl::FailedPreconditionError("PrepareStep before the manager planned any step");
-  }
-  const StepPlan& plan = planned_->plan;
-  if (seqs.size() != plan.steps.size()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "PrepareStep got ", seqs.size(), " sequences but the manager planned ", plan.steps.size()));
-  }
-  for (size_t i = 0; i < seqs.size(); ++i) {
-    const SeqStep& a = seqs[i];
-    const SeqStep& b = plan.steps[i];
-    if (a.seq_id != b.seq_id || a.num_new_tokens != b.num_new_tokens ||
-        a.start_position != b.start_position) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "PrepareStep's step ", i, " (seq ", a.seq_id, ", ", a.num_new_tokens, " from ",
-          a.start_position, ") differs from the manager's plan (seq ", b.seq_id, ", ",
-          b.num_new_tokens, " from ", b.start_position, ")"));
-    }
-  }
+  KVSCOPE_RETURN_IF_ERROR(CheckStepsMatchPlan(planned_->generation, planned_->plan, seqs));
   const int64_t g = manager_->global_kv_heads();
   const int64_t head0 = static_cast<int64_t>(rank_) * shape_.num_kv_heads;
   for (int32_t l = 0; l < shape_.num_layers; ++l) {

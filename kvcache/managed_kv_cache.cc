@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 
 namespace kvscope::kvcache {
 namespace {
@@ -57,11 +58,11 @@ void ManagedKvCache::CopyBlocks(const std::vector<std::vector<float>>& src_k,
   }
 }
 
-absl::Status ManagedKvCache::PrepareStep(absl::Span<const SeqStep> seqs) {
-  if (planned_->generation == 0) {
+absl::Status CheckStepsMatchPlan(uint64_t generation, const StepPlan& plan,
+                                 absl::Span<const SeqStep> seqs) {
+  if (generation == 0) {
     return absl::FailedPreconditionError("PrepareStep before the manager planned any step");
   }
-  const StepPlan& plan = planned_->plan;
   if (seqs.size() != plan.steps.size()) {
     return absl::FailedPreconditionError(absl::StrCat(
         "PrepareStep got ", seqs.size(), " sequences but the manager planned ", plan.steps.size()));
@@ -75,6 +76,12 @@ absl::Status ManagedKvCache::PrepareStep(absl::Span<const SeqStep> seqs) {
           "PrepareStep's step ", i, " is ", StepText(a), " but the manager planned ", StepText(b)));
     }
   }
+  return absl::OkStatus();
+}
+
+absl::Status ManagedKvCache::PrepareStep(absl::Span<const SeqStep> seqs) {
+  KVSCOPE_RETURN_IF_ERROR(CheckStepsMatchPlan(planned_->generation, planned_->plan, seqs));
+  const StepPlan& plan = planned_->plan;
   if (applied_generation_ != planned_->generation) {
     const int64_t dev = options_.num_device_blocks;
     const int64_t host = options_.num_host_blocks;

@@ -33,6 +33,12 @@ struct PlannedStep {
   uint64_t generation = 0;  // 0 before the first Plan; +1 on every successful Plan
 };
 
+// Checks that the batch a rank's PrepareStep receives is the one the manager planned
+// (`generation` 0 means nothing was planned yet). FailedPrecondition naming the first
+// difference otherwise: the scheduler and the model disagree about the batch.
+absl::Status CheckStepsMatchPlan(uint64_t generation, const StepPlan& plan,
+                                 absl::Span<const SeqStep> seqs);
+
 class ManagedKvCache final : public KvCache {
  public:
   struct Options {
