@@ -11,6 +11,7 @@ pkg_check_modules(PCRE2 REQUIRED IMPORTED_TARGET libpcre2-8)
 # machine missing them fails at configure time with the package to install.
 find_package(Protobuf REQUIRED)
 find_package(gRPC CONFIG REQUIRED)
+find_package(SQLite3 REQUIRED)  # libsqlite3-dev: the coordinator store
 if(KVSCOPE_BUILD_TESTS)
   find_package(GTest CONFIG REQUIRED)
 endif()

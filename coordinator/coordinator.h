@@ -1,0 +1,201 @@
+// File: coordinator/coordinator.h
+//
+// The coordinator's logic, free of any transport: the gRPC services (coordinator/
+// grpc_*.cc) are thin adapters over this class, and tests drive it directly with a
+// FakeClock.
+//
+// Trial state machine (docs/cluster.md):
+//   pending --AcquireTrials--> leased --ReportProgress--> running
+//   leased|running --ReportResult(ok)--> succeeded
+//   leased|running --ReportResult(error) or lease expiry--> pending with a new attempt,
+//                   or failed once max_attempts attempts have failed (reasons of each kept)
+//   pending|leased|running --CancelExperiment--> cancelled
+// Every state change is committed to the Store before the call returns, so an
+// acknowledged change survives a coordinator crash.
+//
+// Fencing: each lease is an attempt with a fresh attempt id. Progress and results that
+// name an attempt other than the trial's current one are refused with FailedPrecondition
+// ("stale attempt"), so a worker that comes back after its lease expired cannot overwrite
+// the re-run. A result reported twice for the same attempt (a retry after a lost
+// acknowledgement) is acknowledged again and stored once.
+//
+// Thread safety: every method may be called from any thread.
+#ifndef KVSCOPE_COORDINATOR_COORDINATOR_H_
+#define KVSCOPE_COORDINATOR_COORDINATOR_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "common/clock.h"
+#include "coordinator/sweep.h"
+#include "nlohmann/json.hpp"
+
+namespace kvscope::coordinator {
+
+class Store;  // coordinator/store.h
+
+enum class TrialState { kPending, kLeased, kRunning, kSucceeded, kFailed, kCancelled };
+enum class ExperimentState { kRunning, kSucceeded, kFailed, kCancelled };
+// "pending", "leased", ... and back; the names used in the store, the API and the CLI.
+const char* TrialStateName(TrialState state);
+const char* ExperimentStateName(ExperimentState state);
+
+struct GpuInfo {
+  int32_t index = 0;
+  std::string name;
+  int64_t memory_bytes = 0;
+  std::string compute_capability;  // "9.0"
+  std::string driver;
+};
+
+struct WorkerCapabilities {
+  std::string hostname;
+  int32_t cpu_cores = 0;
+  int64_t memory_bytes = 0;
+  std::vector<GpuInfo> gpus;
+  std::string topology;               // NVLink/PCIe matrix as text; "" without GPUs
+  std::vector<std::string> backends;  // "cpu", and "cuda" in CUDA builds with a GPU
+  std::vector<std::string> models;    // model directories this worker can read
+  int32_t max_cpu_trials = 1;         // CPU trials run at once
+  nlohmann::json fingerprint = nlohmann::json::object();  // common/env_fingerprint.h
+};
+
+struct WorkerInfo {
+  std::string worker_id;
+  WorkerCapabilities capabilities;
+  bool alive = false;             // heartbeat within the lease period
+  double last_heartbeat_unix_s = 0;
+  std::vector<std::string> running_trials;  // trial ids
+};
+
+struct TrialAssignment {
+  std::string experiment_id;
+  std::string trial_id;
+  int64_t attempt_id = 0;     // fencing token; unique across the store
+  int32_t attempt_number = 1; // 1-based
+  std::string config_yaml;    // TrialSpec::config_yaml
+  std::vector<int32_t> gpu_indices;  // GPUs of this worker reserved for the trial
+  double lease_seconds = 0;
+};
+
+struct AttemptInfo {
+  int64_t attempt_id = 0;
+  int32_t number = 1;
+  std::string worker_id;
+  std::string state;   // "leased", "running", "succeeded", "failed", "expired", "cancelled"
+  std::string error;   // why it failed or expired
+  double started_unix_s = 0, finished_unix_s = 0;
+};
+
+struct TrialInfo {
+  std::string trial_id;
+  int64_t index = 0;
+  int32_t repeat = 0;
+  nlohmann::json axes;
+  std::string label;
+  TrialState state = TrialState::kPending;
+  std::vector<AttemptInfo> attempts;
+  int64_t requests_done = 0, requests_total = 0;  // last progress report
+  double elapsed_s = 0;
+  std::string error;  // the reasons of every failed attempt, for a failed trial
+};
+
+struct ExperimentInfo {
+  std::string experiment_id;
+  std::string name;
+  ExperimentState state = ExperimentState::kRunning;
+  double created_unix_s = 0;
+  int64_t num_trials = 0;
+  int64_t pending = 0, leased = 0, running = 0, succeeded = 0, failed = 0, cancelled = 0;
+  int64_t version = 0;  // increases with every change to the experiment or its trials
+};
+
+// A finished trial's stored outcome.
+struct TrialResult {
+  std::string trial_id;
+  int64_t attempt_id = 0;
+  nlohmann::json result;        // the trial's result.json (summary, config, environment)
+  std::string requests_jsonl;   // the trial's requests.jsonl
+};
+
+struct ResultReport {
+  bool succeeded = false;
+  std::string error;            // when !succeeded: what failed (exit status, signal, message)
+  nlohmann::json result;        // result.json when succeeded
+  std::string requests_jsonl;
+};
+
+struct HeartbeatReply {
+  // Attempts the worker named that it must stop now (cancelled, or no longer its lease).
+  std::vector<int64_t> stop_attempts;
+};
+
+struct CoordinatorOptions {
+  double lease_seconds = 30;          // a lease not renewed for this long expires
+  double heartbeat_interval_seconds = 5;  // told to workers at registration
+  int32_t default_max_attempts = 3;   // when the sweep does not set max_attempts
+  SweepLimits sweep_limits;
+};
+
+class Coordinator {
+ public:
+  // `store` and `clock` must outlive the coordinator. `clock` times leases only (it is
+  // monotonic, so times shown to users come from the wall clock). Resumes whatever the
+  // store holds: every lease found at start gets a fresh full lease period, so that its
+  // worker has time to reconnect and renew it.
+  static absl::StatusOr<std::unique_ptr<Coordinator>> Create(Store* store, const Clock* clock,
+                                                             const CoordinatorOptions& options);
+  ~Coordinator();
+
+  // --- client API ---
+  // Parses and validates the sweep; stores nothing when it is invalid
+  // (InvalidArgument with the parser's message). Returns the experiment id.
+  absl::StatusOr<std::string> Submit(const std::string& sweep_yaml, const std::string& source);
+  absl::StatusOr<ExperimentInfo> GetExperiment(const std::string& experiment_id);
+  absl::StatusOr<std::vector<ExperimentInfo>> ListExperiments();
+  absl::StatusOr<std::vector<TrialInfo>> ListTrials(const std::string& experiment_id);
+  // Results of the experiment's succeeded trials, in trial order.
+  absl::StatusOr<std::vector<TrialResult>> Results(const std::string& experiment_id);
+  // Cancels every unfinished trial; running ones are stopped at their next heartbeat.
+  absl::Status Cancel(const std::string& experiment_id);
+  absl::StatusOr<std::vector<WorkerInfo>> ListWorkers();
+  // Blocks until the experiment's version exceeds `after_version`, or `timeout_seconds` of
+  // real time pass, then returns its current info (watch streams are built on this).
+  absl::StatusOr<ExperimentInfo> WaitForChange(const std::string& experiment_id,
+                                               int64_t after_version, double timeout_seconds);
+
+  // --- worker API ---
+  // Registers (or re-registers, keeping `worker_id` when given and known) a worker.
+  absl::StatusOr<std::string> RegisterWorker(const WorkerCapabilities& capabilities,
+                                             const std::string& worker_id);
+  // Renews the leases of `running_attempts` held by this worker. NotFound for an unknown
+  // worker (it must register again).
+  absl::StatusOr<HeartbeatReply> Heartbeat(const std::string& worker_id,
+                                           const std::vector<int64_t>& running_attempts);
+  // Leases up to `max_trials` pending trials that fit what the worker has free (GPUs not
+  // held by its other leases, backend, GPU memory, models, max_cpu_trials).
+  absl::StatusOr<std::vector<TrialAssignment>> AcquireTrials(const std::string& worker_id,
+                                                             int32_t max_trials);
+  absl::Status ReportProgress(const std::string& worker_id, int64_t attempt_id,
+                              int64_t requests_done, int64_t requests_total, double elapsed_s);
+  absl::Status ReportResult(const std::string& worker_id, int64_t attempt_id,
+                            const ResultReport& report);
+
+  // Expires leases whose renewal is older than lease_seconds on the clock. The daemon
+  // calls it every second; tests call it after advancing a FakeClock.
+  absl::Status ExpireLeases();
+
+ private:
+  class Impl;
+  explicit Coordinator(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace kvscope::coordinator
+
+#endif  // KVSCOPE_COORDINATOR_COORDINATOR_H_

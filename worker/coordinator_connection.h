@@ -1,0 +1,53 @@
+// File: worker/coordinator_connection.h
+//
+// The worker daemon's view of the coordinator: the worker-facing API of
+// coordinator/coordinator.h, behind an interface so that the daemon is free of any
+// transport. worker/grpc_connection.cc implements it over gRPC (WorkerService in
+// proto/kvscope/v1/worker.proto); tests implement it by calling a Coordinator in process.
+//
+// Errors: Unavailable (or DeadlineExceeded) means the coordinator could not be reached and
+// the call may be retried with backoff; NotFound from Heartbeat means the worker is unknown
+// and must register again; FailedPrecondition from ReportProgress/ReportResult means the
+// attempt is stale (its lease expired and the trial was handed to someone else): the
+// result must be dropped, not retried; Unauthenticated/PermissionDenied are fatal.
+//
+// Thread safety: implementations must allow calls from several threads at once.
+#ifndef KVSCOPE_WORKER_COORDINATOR_CONNECTION_H_
+#define KVSCOPE_WORKER_COORDINATOR_CONNECTION_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "coordinator/coordinator.h"  // plain data types only (no store, no gRPC)
+
+namespace kvscope::worker {
+
+struct Registration {
+  std::string worker_id;
+  double heartbeat_interval_seconds = 5;
+  double lease_seconds = 30;
+};
+
+class CoordinatorConnection {
+ public:
+  virtual ~CoordinatorConnection() = default;
+  // `worker_id`: the id from an earlier registration, or "" for a new worker.
+  virtual absl::StatusOr<Registration> Register(
+      const coordinator::WorkerCapabilities& capabilities, const std::string& worker_id) = 0;
+  virtual absl::StatusOr<coordinator::HeartbeatReply> Heartbeat(
+      const std::string& worker_id, const std::vector<int64_t>& running_attempts) = 0;
+  virtual absl::StatusOr<std::vector<coordinator::TrialAssignment>> AcquireTrials(
+      const std::string& worker_id, int32_t max_trials) = 0;
+  virtual absl::Status ReportProgress(const std::string& worker_id, int64_t attempt_id,
+                                      int64_t requests_done, int64_t requests_total,
+                                      double elapsed_s) = 0;
+  virtual absl::Status ReportResult(const std::string& worker_id, int64_t attempt_id,
+                                    const coordinator::ResultReport& report) = 0;
+};
+
+}  // namespace kvscope::worker
+
+#endif  // KVSCOPE_WORKER_COORDINATOR_CONNECTION_H_
