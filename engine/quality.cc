@@ -355,6 +355,12 @@ absl::StatusOr<BenchQualityReport> MeasureBenchQuality(
   const int64_t context = std::min<int64_t>(
       weights->config.max_position_embeddings,
       ctx.max_model_len > 0 ? ctx.max_model_len : weights->config.max_position_embeddings);
+  // Replays run one sequence alone: they measure what the strategy keeps, not whether the
+  // run's memory holds a long sequence, so their pool holds at least one sequence of the
+  // whole context (plus slack for block rounding).
+  kvcache::KvManagerContext replay_ctx = ctx;
+  replay_ctx.kv_memory_bytes = std::max<int64_t>(
+      ctx.kv_memory_bytes, ctx.geometry.BytesPerToken() * (context + 64));
 
   // Prompts as served: later turns of a conversation prepend the earlier prompt and output.
   const size_t n = std::min(workload.size(), records->size());
@@ -410,7 +416,7 @@ absl::StatusOr<BenchQualityReport> MeasureBenchQuality(
       continue;
     }
     absl::StatusOr<QualityStats> q =
-        EvaluateTeacherForced(weights, strategy, params, ctx, prompts[i],
+        EvaluateTeacherForced(weights, strategy, params, replay_ctx, prompts[i],
                               static_cast<int32_t>(steps), options.num_threads);
     if (!q.ok()) {
       report.warnings.push_back(absl::StrCat("request ", i, ": ", q.status().ToString()));
@@ -432,7 +438,7 @@ absl::StatusOr<BenchQualityReport> MeasureBenchQuality(
     KVSCOPE_ASSIGN_OR_RETURN(report.perplexity_full,
                              FullCachePerplexity(weights, tp, ids, prefill, options.num_threads));
     absl::StatusOr<double> ppl =
-        Perplexity(weights, strategy, params, ctx, ids, prefill, options.num_threads);
+        Perplexity(weights, strategy, params, replay_ctx, ids, prefill, options.num_threads);
     if (ppl.ok()) {
       report.perplexity = *ppl;
     } else {

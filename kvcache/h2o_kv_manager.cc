@@ -7,12 +7,19 @@
 
 namespace kvscope::kvcache {
 
-absl::StatusOr<EvictBudget> H2oPolicy::Budget(int64_t prompt_len, int64_t) const {
-  const int64_t heavy = options_.heavy_size ? *options_.heavy_size
-                                            : static_cast<int64_t>(options_.heavy_ratio * prompt_len);
-  const int64_t recent = options_.recent_size
-                             ? *options_.recent_size
-                             : static_cast<int64_t>(options_.recent_ratio * prompt_len);
+absl::StatusOr<EvictBudget> H2oPolicy::Budget(int64_t prompt_len,
+                                              int64_t max_new_tokens) const {
+  const auto side = [&](const std::optional<int64_t>& size,
+                        const std::optional<double>& total_fraction, double ratio) -> int64_t {
+    if (size) return *size;
+    if (total_fraction) {
+      return static_cast<int64_t>(*total_fraction * static_cast<double>(prompt_len + max_new_tokens));
+    }
+    return static_cast<int64_t>(ratio * static_cast<double>(prompt_len));
+  };
+  const int64_t heavy = side(options_.heavy_size, options_.heavy_total_fraction, options_.heavy_ratio);
+  const int64_t recent =
+      side(options_.recent_size, options_.recent_total_fraction, options_.recent_ratio);
   if (heavy + recent < 1) {
     return absl::InvalidArgumentError(absl::StrCat(
         "h2o: a budget of zero tokens (heavy ", heavy, " + recent ", recent,
@@ -74,6 +81,10 @@ absl::StatusOr<std::unique_ptr<EvictingKvManager>> CreateH2oKvManager(
                                                    ") and recent_ratio (", options.recent_ratio,
                                                    ") must be in [0, 1]"));
   }
+  const auto fraction_ok = [&](const std::optional<double>& f) { return !f || ratio_ok(*f); };
+  if (!fraction_ok(options.heavy_total_fraction) || !fraction_ok(options.recent_total_fraction)) {
+    return absl::InvalidArgumentError("h2o: kv_budget / 2 must be in [0, 1]");
+  }
   if ((options.heavy_size && *options.heavy_size < 0) ||
       (options.recent_size && *options.recent_size < 0)) {
     return absl::InvalidArgumentError("h2o: heavy_size and recent_size must be >= 0");
@@ -82,7 +93,11 @@ absl::StatusOr<std::unique_ptr<EvictingKvManager>> CreateH2oKvManager(
     return absl::InvalidArgumentError(
         "h2o: heavy_size=0 and recent_size=0 give a budget of zero tokens");
   }
-  if (!options.heavy_size && !options.recent_size && options.heavy_ratio + options.recent_ratio == 0) {
+  const double heavy_share =
+      options.heavy_total_fraction ? *options.heavy_total_fraction : options.heavy_ratio;
+  const double recent_share =
+      options.recent_total_fraction ? *options.recent_total_fraction : options.recent_ratio;
+  if (!options.heavy_size && !options.recent_size && heavy_share + recent_share == 0) {
     return absl::InvalidArgumentError(
         "h2o: heavy_ratio=0 and recent_ratio=0 give a budget of zero tokens");
   }

@@ -2,10 +2,14 @@
 //
 // `h2o`: Heavy-Hitter Oracle (kv-strategies.md §3), real-drop variant. Per layer and per KV
 // head a sequence keeps `heavy` heavy hitters (highest accumulated attention mass) plus the
-// `recent` most recent tokens. Budgets are fixed at admission from the prompt length L:
+// `recent` most recent tokens. Budgets are fixed at admission from the prompt length L and
+// the request's output limit G:
 //   heavy  = heavy_size if given, else int(heavy_ratio * L) if given, else
-//            int(kv_budget / 2 * L) if kv_budget is given, else int(0.1 * L);
+//            int(kv_budget / 2 * (L + G)) if kv_budget is given, else int(0.1 * L);
 //   recent = the same with recent_size / recent_ratio.
+// kv_budget is a fraction of prompt + generated tokens, the one budget knob shared by every
+// lossy strategy (kv-strategies.md section 7); the H2O ratios are fractions of the prompt
+// as in the original.
 // A budget of zero tokens is refused (CanAdmit kNever, or at creation when both sizes are
 // given as 0). The prompt is computed with full attention, then compressed once (top-heavy
 // by prefill mass outside the window, plus the window); every decode step adds the new token
@@ -29,6 +33,10 @@ struct H2oOptions {
   double recent_ratio = 0.1;
   std::optional<int64_t> heavy_size;   // overrides heavy_ratio
   std::optional<int64_t> recent_size;  // overrides recent_ratio
+  // Fractions of prompt + max new tokens (kv_budget / 2 each); override the ratios. The
+  // registry sets them from kv_budget for the sides whose ratio and size are not given.
+  std::optional<double> heavy_total_fraction;
+  std::optional<double> recent_total_fraction;
 };
 
 class H2oPolicy final : public EvictionPolicy {

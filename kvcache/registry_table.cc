@@ -126,10 +126,13 @@ StrategyInfo H2o() {
     if (absl::Status s = CheckKvBudget("h2o", p); !s.ok()) return s;
     H2oOptions options;
     const bool budget = p.IsSet("kv_budget");
-    options.heavy_ratio = p.IsSet("heavy_ratio") || !budget ? p.Double("heavy_ratio")
-                                                            : p.Double("kv_budget") / 2;
-    options.recent_ratio = p.IsSet("recent_ratio") || !budget ? p.Double("recent_ratio")
-                                                              : p.Double("kv_budget") / 2;
+    options.heavy_ratio = p.Double("heavy_ratio");
+    options.recent_ratio = p.Double("recent_ratio");
+    // kv_budget is a fraction of prompt + generated tokens, split evenly (section 7).
+    if (budget && !p.IsSet("heavy_ratio")) options.heavy_total_fraction = p.Double("kv_budget") / 2;
+    if (budget && !p.IsSet("recent_ratio")) {
+      options.recent_total_fraction = p.Double("kv_budget") / 2;
+    }
     if (p.IsSet("heavy_size")) options.heavy_size = p.Int("heavy_size");
     if (p.IsSet("recent_size")) options.recent_size = p.Int("recent_size");
     auto manager = CreateH2oKvManager(context, options);

@@ -131,8 +131,11 @@ TEST(H2oTest, BudgetsFromRatiosSizesAndKvBudget) {
   };
   EXPECT_EQ(budget({}).total, 8);  // 0.1 + 0.1 of 40
   EXPECT_EQ(budget({}).recent, 4);
-  EXPECT_EQ(budget({{"kv_budget", "0.5"}}).total, 20);  // 0.25 + 0.25
-  EXPECT_EQ(budget({{"kv_budget", "0.5"}, {"heavy_ratio", "0"}}).total, 10);
+  // kv_budget counts prompt + generated tokens: 0.25 + 0.25 of 40 + 10.
+  EXPECT_EQ(budget({{"kv_budget", "0.5"}}).total, 24);
+  EXPECT_EQ(budget({{"kv_budget", "0.5"}}).recent, 12);
+  EXPECT_EQ(budget({{"kv_budget", "0.5"}, {"heavy_ratio", "0"}}).total, 12);
+  EXPECT_EQ(budget({{"kv_budget", "0.5"}, {"recent_ratio", "0.1"}}).total, 16);  // 12 + 4
   EXPECT_EQ(budget({{"heavy_ratio", "0.5"}, {"recent_ratio", "0.25"}}).total, 30);
   EXPECT_EQ(budget({{"heavy_size", "3"}, {"recent_ratio", "0.25"}}).total, 13);
   EXPECT_EQ(budget({{"heavy_size", "3"}, {"recent_size", "7"}, {"kv_budget", "0.9"}}).recent, 7);

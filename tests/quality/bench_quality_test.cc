@@ -91,6 +91,31 @@ TEST(BenchQualityTest, EveryRequestAtRateOneAndPerplexity) {
   EXPECT_TRUE(j["quality_perplexity_full"].is_number());
 }
 
+// The run's pool (here 40 tokens) need not hold the perplexity text: replays get a pool of
+// one full-context sequence, and h2o's kv_budget counts prompt + generated tokens, so a
+// one-token first prefill still has a budget.
+TEST(BenchQualityTest, PerplexityOfLongTextUnderSmallRunPoolAndRatioBudget) {
+  auto w = Tiny();
+  std::vector<RequestSpec> workload;
+  std::vector<RequestRecord> records;
+  SingleTurn(1, &workload, &records);
+  BenchQualityOptions options;
+  options.sample_rate = 1.0;
+  options.steps = 4;
+  for (int i = 0; i < 120; ++i) options.perplexity_ids.push_back((i * 37 + 11) % 2048);
+  kvcache::KvManagerContext ctx = Context(w->config);
+  ctx.kv_memory_bytes = ctx.geometry.BytesPerToken() * 40;
+  auto report = MeasureBenchQuality(w, "h2o", {{"kv_budget", "0.5"}}, ctx, workload, options,
+                                    &records);
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ(report->perplexity_error, "");
+  ASSERT_TRUE(report->perplexity.has_value());
+  ASSERT_TRUE(report->perplexity_full.has_value());
+  // 60 of 120 tokens kept: the strategy's perplexity differs from the full cache's.
+  EXPECT_NE(*report->perplexity, *report->perplexity_full);
+  EXPECT_EQ(report->measured, 1);
+}
+
 TEST(BenchQualityTest, SeededSampleIsReproducible) {
   auto w = Tiny();
   std::vector<RequestSpec> workload;
