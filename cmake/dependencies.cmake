@@ -22,3 +22,10 @@ endif()
 add_library(kvscope_blas INTERFACE)
 target_include_directories(kvscope_blas INTERFACE ${OpenBLAS_INCLUDE_DIRS})
 target_link_libraries(kvscope_blas INTERFACE ${OpenBLAS_LIBRARIES})
+# LAPACKE (liblapacke-dev): the SVD of InfiniGen's offline skewing (engine/infinigen_*).
+# Its LAPACK routines resolve to the system LAPACK (OpenBLAS's through Debian alternatives).
+find_path(KVSCOPE_LAPACKE_INCLUDE_DIR lapacke.h REQUIRED)
+find_library(KVSCOPE_LAPACKE_LIBRARY lapacke REQUIRED)
+add_library(kvscope_lapacke INTERFACE)
+target_include_directories(kvscope_lapacke INTERFACE ${KVSCOPE_LAPACKE_INCLUDE_DIR})
+target_link_libraries(kvscope_lapacke INTERFACE ${KVSCOPE_LAPACKE_LIBRARY} kvscope_blas)

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "engine/infinigen_calibration.h"
 #include "kvcache/full_kv_cache.h"
 
 namespace kvscope::engine {
@@ -18,7 +19,12 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Mod
     return absl::InvalidArgumentError(
         absl::StrCat("KV block size must be positive, got ", options.block_size));
   }
-  return std::unique_ptr<Engine>(new Engine(std::move(weights), options));
+  std::unique_ptr<Engine> engine(new Engine(std::move(weights), options));
+  // Strategies with offline model-dependent setup (InfiniGen's skewing matrices).
+  for (auto& cache : engine->caches_) {
+    KVSCOPE_RETURN_IF_ERROR(PrepareInfinigen(*engine->weights_, *cache));
+  }
+  return engine;
 }
 
 Engine::Engine(std::shared_ptr<const ModelWeights> weights, const EngineOptions& options)

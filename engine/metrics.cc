@@ -222,6 +222,8 @@ Summary Summarize(const std::vector<RequestRecord>& requests, const std::vector<
   double waste_dt = 0, reserved_dt = 0, schedule = 0, forward = 0, sample = 0;
   double batch_sum = 0, token_sum = 0;
   int64_t query = 0, hit = 0, step_preemptions = 0;
+  int64_t selected = 0, selections = 0, mass_samples = 0, decode_tokens = 0;
+  double mass_sum = 0;
   for (size_t i = 0; i < ordered.size(); ++i) {
     const StepRecord& st = *ordered[i];
     const double dt =
@@ -240,7 +242,20 @@ Summary Summarize(const std::vector<RequestRecord>& requests, const std::vector<
     query += st.prefix_query_tokens;
     hit += st.prefix_hit_tokens;
     step_preemptions += st.preemptions;
+    s.h2d_bytes += st.h2d_bytes;
+    selected += st.kv_selected_tokens;
+    selections += st.kv_selections;
+    mass_sum += st.mass_captured_sum;
+    mass_samples += st.mass_samples;
+    decode_tokens += st.decode_tokens;
   }
+  if (decode_tokens > 0) {
+    s.h2d_bytes_per_token = static_cast<double>(s.h2d_bytes) / static_cast<double>(decode_tokens);
+  }
+  if (selections > 0) {
+    s.kv_selected_tokens_mean = static_cast<double>(selected) / static_cast<double>(selections);
+  }
+  if (mass_samples > 0) s.attention_mass_captured = mass_sum / static_cast<double>(mass_samples);
   if (reserved_dt > 0) s.kv_waste_fraction = waste_dt / reserved_dt;
   if (query > 0) s.prefix_cache_hit_rate = static_cast<double>(hit) / static_cast<double>(query);
   const double busy = schedule + forward + sample;
@@ -309,6 +324,13 @@ nlohmann::json SummaryToJson(const Summary& s) {
   j["quality_top1_agreement"] = JsonOptional(s.quality_top1_agreement);
   j["quality_perplexity"] = JsonOptional(s.quality_perplexity);
   j["quality_perplexity_full"] = JsonOptional(s.quality_perplexity_full);
+  j["h2d_bytes"] = s.h2d_bytes;
+  j["h2d_bytes_per_token"] = JsonNumber(s.h2d_bytes_per_token);
+  j["kv_selected_tokens_mean"] = JsonOptional(s.kv_selected_tokens_mean);
+  j["attention_mass_captured"] = JsonOptional(s.attention_mass_captured);
+  nlohmann::json per_layer = nlohmann::json::array();
+  for (double v : s.kv_selected_tokens_per_layer) per_layer.push_back(JsonNumber(v));
+  j["kv_selected_tokens_per_layer"] = per_layer;
   return j;
 }
 
@@ -360,7 +382,20 @@ nlohmann::json StepToJson(const StepRecord& s) {
           {"host_kv_bytes", s.host_kv_bytes},
           {"swapped_bytes", s.swapped_bytes},
           {"prefix_query_tokens", s.prefix_query_tokens},
-          {"prefix_hit_tokens", s.prefix_hit_tokens}};
+          {"prefix_hit_tokens", s.prefix_hit_tokens},
+          {"h2d_bytes", s.h2d_bytes},
+          {"kv_selected_tokens", s.kv_selected_tokens},
+          {"kv_selections", s.kv_selections}};
+}
+
+void ApplyKvCounters(const kvcache::KvCounters& c, Summary* summary) {
+  summary->kv_selected_tokens_per_layer.clear();
+  if (c.selections_per_layer.empty()) return;
+  for (size_t l = 0; l < c.selections_per_layer.size(); ++l) {
+    const int64_t n = c.selections_per_layer[l];
+    summary->kv_selected_tokens_per_layer.push_back(
+        n > 0 ? static_cast<double>(c.selected_tokens_per_layer[l]) / static_cast<double>(n) : 0.0);
+  }
 }
 
 namespace {
@@ -426,6 +461,15 @@ std::string FormatSummaryTable(const Summary& s) {
   out += Row("KV waste (% of reserved, time-weighted):", Percent(s.kv_waste_fraction));
   out += Row("Peak host KV (MiB):", Mib(s.peak_host_kv_bytes));
   out += Row("Peak swapped (MiB):", Mib(s.peak_swapped_bytes));
+  if (s.h2d_bytes > 0) {
+    out += Row("Host-to-device KV per token (KiB):", Fixed(s.h2d_bytes_per_token / 1024.0));
+  }
+  if (s.kv_selected_tokens_mean.has_value()) {
+    out += Row("Tokens selected per sparse layer:", Fixed(*s.kv_selected_tokens_mean));
+  }
+  if (s.attention_mass_captured.has_value()) {
+    out += Row("Attention mass captured (%):", Percent(*s.attention_mass_captured));
+  }
   out += Row("Prefix cache hit rate (%):", Percent(s.prefix_cache_hit_rate));
   out += Rule("Scheduler", '-');
   out += Row("Preemptions:", absl::StrCat(s.preemptions));

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "kvcache/kv_manager.h"
 #include "nlohmann/json.hpp"
 
 namespace kvscope::engine {
@@ -66,6 +67,12 @@ struct StepRecord {
   int64_t swapped_bytes = 0;
   int64_t prefix_query_tokens = 0;  // prompt tokens looked up in the prefix cache
   int64_t prefix_hit_tokens = 0;
+  // Offloading strategies (kvcache::KvCounters deltas over this step; 0 for others).
+  int64_t h2d_bytes = 0;           // K/V bytes moved host -> device, summed over ranks
+  int64_t kv_selected_tokens = 0;  // Σ tokens the sparse layers selected (infinigen)
+  int64_t kv_selections = 0;       // (sequence, sparse layer) selections
+  double mass_captured_sum = 0;    // Σ captured attention-mass shares of sampled selections
+  int64_t mass_samples = 0;
 };
 
 // Latency objectives for goodput (unset = not required).
@@ -110,6 +117,12 @@ struct Summary {
   // Perplexity of the bench's --perplexity-text under the strategy and under the full cache
   // (engine/quality.h); unset when not measured.
   std::optional<double> quality_perplexity, quality_perplexity_full;
+  // Offloading strategies (infinigen; 0 / unset / empty otherwise):
+  int64_t h2d_bytes = 0;              // Σ over steps and ranks
+  double h2d_bytes_per_token = 0;     // h2d_bytes / decode tokens computed
+  std::optional<double> kv_selected_tokens_mean;  // tokens a sparse layer loaded per step
+  std::optional<double> attention_mass_captured;  // mean share over sampled selections
+  std::vector<double> kv_selected_tokens_per_layer;  // mean per layer (ApplyKvCounters)
   // The objectives request_goodput was measured against; with none set, request_goodput is
   // 0 here and null in JSON.
   SloSpec slo;
@@ -153,6 +166,11 @@ nlohmann::json SummaryToJson(const Summary& summary);
 nlohmann::json RequestToJson(const RequestRecord& request);
 // One step: its StepRecord fields under the same names.
 nlohmann::json StepToJson(const StepRecord& step);
+
+// Fills the per-layer selection means of `summary` from a strategy's final counters
+// (kvcache::KvCounters::selected_tokens_per_layer / selections_per_layer; layers never
+// selected report 0). Nothing for strategies without per-layer counters.
+void ApplyKvCounters(const kvcache::KvCounters& counters, Summary* summary);
 
 // Version of the result.json schema (docs/result-schema.md).
 inline constexpr int kResultSchemaVersion = 1;

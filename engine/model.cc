@@ -96,6 +96,15 @@ absl::Status ModelShard::Forward(absl::Span<const SeqInput> batch, kvcache::KvCa
     steps.push_back({s.seq_id, static_cast<int32_t>(s.tokens.size()), s.start_position});
   }
   KVSCOPE_RETURN_IF_ERROR(kv.PrepareStep(steps));
+  ig_cache_ = dynamic_cast<kvcache::InfinigenKvCache*>(&kv);
+  if (ig_cache_ != nullptr) {
+    const kvcache::InfinigenSkew* skew = ig_cache_->skew();  // set: PrepareStep checked it
+    if (ig_ == nullptr || ig_->skew() != skew) {
+      ig_ = std::make_unique<InfinigenShard>(
+          w_, *skew, head_begin_, heads_, kv_head_begin_, kv_heads_,
+          InfinigenShard::Rope{inv_freq_.data(), rot_dim_, rope_scaling_});
+    }
+  }
 
   const int64_t hidden = c_.hidden_size;
   x_.resize(tokens_ * hidden);
@@ -144,6 +153,15 @@ absl::Status ModelShard::Layer(int layer, kvcache::KvCache& kv, Communicator& co
     kernels::LayerNorm(x_.data(), lw.attn_norm.data, lw.attn_norm_bias.data, eps, tokens_, hidden,
                        normed_.data());
   }
+  // InfiniGen: from this layer's attention input, speculate which tokens layer + 1 reads
+  // and prefetch them (kvcache/infinigen_kv_cache.h).
+  if (ig_cache_ != nullptr && layer + 1 >= ig_cache_->manager().dense_layers() &&
+      layer + 1 < c_.num_layers &&
+      !ig_cache_->SpeculationRows().empty()) {
+    ig_->PartialQuery(layer + 1, normed_.data(), ig_cache_->SpeculationRows(), pos_.data(),
+                      &spec_q_);
+    KVSCOPE_RETURN_IF_ERROR(ig_cache_->Speculate(layer + 1, spec_q_.data()));
+  }
   KVSCOPE_RETURN_IF_ERROR(Attention(layer, kv));
   const int64_t d = c_.head_dim;
   proj_.resize(tokens_ * hidden);
@@ -190,10 +208,19 @@ absl::Status ModelShard::Attention(int layer, kvcache::KvCache& kv) {
   auto bias = [](const WeightView& b, int64_t begin) {
     return b.empty() ? nullptr : b.data + begin;
   };
-  kernels::Linear(normed_.data(), tokens_, hidden, RowSlice(lw.q, head_begin_ * d), q_width,
-                  hidden, bias(lw.q_bias, head_begin_ * d), q_.data());
-  kernels::Linear(normed_.data(), tokens_, hidden, RowSlice(lw.k, kv_head_begin_ * d), kv_width,
-                  hidden, bias(lw.k_bias, kv_head_begin_ * d), k_.data());
+  const float* wq = RowSlice(lw.q, head_begin_ * d);
+  const float* bq = bias(lw.q_bias, head_begin_ * d);
+  const float* wk = RowSlice(lw.k, kv_head_begin_ * d);
+  const float* bk = bias(lw.k_bias, kv_head_begin_ * d);
+  const bool skewed = ig_cache_ != nullptr;
+  if (skewed && ig_->folded()) {  // OPT: the skew is folded into the weights
+    wq = ig_->q_weight(layer);
+    bq = ig_->q_bias(layer);
+    wk = ig_->k_weight(layer);
+    bk = ig_->k_bias(layer);
+  }
+  kernels::Linear(normed_.data(), tokens_, hidden, wq, q_width, hidden, bq, q_.data());
+  kernels::Linear(normed_.data(), tokens_, hidden, wk, kv_width, hidden, bk, k_.data());
   kernels::Linear(normed_.data(), tokens_, hidden, RowSlice(lw.v, kv_head_begin_ * d), kv_width,
                   hidden, bias(lw.v_bias, kv_head_begin_ * d), v_.data());
   if (c_.family == ModelFamily::kLlama) {
@@ -201,7 +228,12 @@ absl::Status ModelShard::Attention(int layer, kvcache::KvCache& kv) {
                   rope_scaling_);
     kernels::Rope(k_.data(), tokens_, kv_heads_, d, kv_width, pos_.data(), inv_freq_.data(),
                   rot_dim_, rope_scaling_);
+    if (skewed) {  // Llama family: the skew follows RoPE
+      ig_->SkewInPlace(layer, q_.data(), tokens_, q_width, /*query=*/true);
+      ig_->SkewInPlace(layer, k_.data(), tokens_, kv_width, /*query=*/false);
+    }
   }
+  if (qk_observer_) qk_observer_(layer, q_.data(), k_.data(), tokens_);
   const kernels::KvPoolView pool = kv.Pool(layer);
   KVSCOPE_RETURN_IF_ERROR(kernels::WriteKv(pool, k_.data(), v_.data(), kv_width,
                                            kv.NewTokenSlots().data(), tokens_));
@@ -214,6 +246,10 @@ absl::Status ModelShard::Attention(int layer, kvcache::KvCache& kv) {
       token_seq_.data(), pos_.data(), pool, views.data(), static_cast<int32_t>(views.size()),
       static_cast<float>(1.0 / std::sqrt(static_cast<double>(d))), attn_.data(), q_width, mass,
       max_cached));
+  if (skewed && ig_cache_->WantsMassSample(layer)) {
+    ig_cache_->SampleAttentionMass(layer, q_.data(), q_width,
+                                   static_cast<float>(1.0 / std::sqrt(static_cast<double>(d))));
+  }
   kv.OnAttention(layer);
   return absl::OkStatus();
 }

@@ -14,6 +14,7 @@
 #define KVSCOPE_ENGINE_MODEL_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -21,8 +22,10 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "engine/communicator.h"
+#include "engine/infinigen_forward.h"
 #include "engine/weights.h"
 #include "kvcache/kv_cache.h"
+#include "kvcache/infinigen_kv_cache.h"
 #include "kvcache/kv_manager.h"
 
 namespace kvscope::engine {
@@ -67,6 +70,13 @@ class ModelShard {
   absl::Status Forward(absl::Span<const SeqInput> batch, kvcache::KvCache& kv,
                        Communicator& comm, ForwardOutput* out);
 
+  // Called in every layer's attention with the queries [tokens][heads][d] and keys
+  // [tokens][kv_heads][d] (row strides heads·d and kv_heads·d) as they are stored: after
+  // RoPE (and skewing, with infinigen). For calibration (engine/infinigen_calibration.h).
+  using QkObserver =
+      std::function<void(int layer, const float* q, const float* k, int64_t tokens)>;
+  void set_qk_observer(QkObserver observer) { qk_observer_ = std::move(observer); }
+
  private:
   absl::Status Layer(int layer, kvcache::KvCache& kv, Communicator& comm);
   absl::Status Attention(int layer, kvcache::KvCache& kv);
@@ -84,6 +94,12 @@ class ModelShard {
   int64_t rot_dim_ = 0;
   float rope_scaling_ = 1.0f;
   std::vector<float> inv_freq_;
+  QkObserver qk_observer_;
+  // InfiniGen (engine/infinigen_forward.h): active while the step's cache is an
+  // InfinigenKvCache; rebuilt when its skewing matrices change.
+  kvcache::InfinigenKvCache* ig_cache_ = nullptr;
+  std::unique_ptr<InfinigenShard> ig_;
+  std::vector<float> spec_q_;
 
   // Per-step state.
   int64_t tokens_ = 0;

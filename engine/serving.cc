@@ -121,6 +121,7 @@ ServingResult RunServing(Engine& engine, kvcache::KvManager& kv,
     std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
   };
   ServingResult result;
+  kvcache::KvCounters last_counters = kv.Counters();
   result.requests.resize(workload.size());
   for (size_t i = 0; i < workload.size(); ++i) {
     result.requests[i].id = workload[i].id;
@@ -226,6 +227,15 @@ ServingResult RunServing(Engine& engine, kvcache::KvManager& kv,
 
     absl::StatusOr<ForwardOutput> forward = engine.Forward(out->Batch());
     const double forwarded_at = now();
+    {  // Counter deltas of this step (offloading strategies).
+      kvcache::KvCounters counters = kv.Counters();
+      step.h2d_bytes = counters.h2d_bytes - last_counters.h2d_bytes;
+      step.kv_selected_tokens = counters.selected_tokens - last_counters.selected_tokens;
+      step.kv_selections = counters.selections - last_counters.selections;
+      step.mass_captured_sum = counters.mass_captured_sum - last_counters.mass_captured_sum;
+      step.mass_samples = counters.mass_samples - last_counters.mass_samples;
+      last_counters = std::move(counters);
+    }
     step.forward_s = forwarded_at - scheduled_at;
     if (!forward.ok()) {
       result.steps.push_back(step);

@@ -103,6 +103,14 @@ struct KvCounters {
   int64_t swapped_out_blocks = 0;
   int64_t swapped_in_blocks = 0;
   int64_t evicted_cached_blocks = 0;
+  // Offloading strategies (infinigen), summed over ranks since the manager was created.
+  int64_t h2d_bytes = 0;            // K/V bytes moved host -> device (counted, CPU copies)
+  int64_t selected_tokens = 0;      // Σ tokens selected over (sequence, layer) selections
+  int64_t selections = 0;           // (sequence, decode step, sparse layer) selections
+  double mass_captured_sum = 0;     // Σ share of the true attention mass the selection held
+  int64_t mass_samples = 0;         // (sequence, step, layer) samples in mass_captured_sum
+  std::vector<int64_t> selected_tokens_per_layer;  // [num_layers] (empty for other strategies)
+  std::vector<int64_t> selections_per_layer;       // [num_layers]
 };
 
 class KvManager {

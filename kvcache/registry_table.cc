@@ -4,6 +4,7 @@
 #include "absl/strings/str_cat.h"
 #include "kvcache/contiguous_kv_manager.h"
 #include "kvcache/h2o_kv_manager.h"
+#include "kvcache/infinigen_kv_manager.h"
 #include "kvcache/paged_kv_manager.h"
 #include "kvcache/registry.h"
 #include "kvcache/streaming_kv_manager.h"
@@ -171,11 +172,72 @@ StrategyInfo Streaming() {
   return info;
 }
 
+StrategyInfo Infinigen() {
+  StrategyInfo info;
+  info.name = "infinigen";
+  info.description =
+      "InfiniGen: full KV in a host pool, skewed partial keys speculate which tokens each "
+      "layer loads (layers 0-1 load all)";
+  info.params = {
+      Param("alpha", ParamType::kDouble, "-1",
+            "select tokens within alpha of the max partial score (-1 = family default: 4 OPT, "
+            "5 Llama; explicit values must be >= 0)",
+            -1.0, 1e6),
+      Param("partial_ratio", ParamType::kDouble, "0.2",
+            "fraction of each head's skewed columns in the partial query/key", 0.0, 1.0),
+      Param("max_kv_ratio", ParamType::kDouble, "0.2",
+            "max_num_kv as a fraction of prompt + output (default from kv_budget when given)",
+            0.0, 1.0),
+      Param("max_num_kv", ParamType::kInt, "0",
+            "most tokens a layer loads per step (overrides max_kv_ratio; 0 = unset)", 0, 1 << 30),
+      Param("host_capacity", ParamType::kDouble, "1",
+            "host pool limit per layer and head as a fraction of prompt + output (1 = none; "
+            "counter-based eviction beyond it)",
+            0.0, 1.0),
+      Param("dense_layers", ParamType::kInt, "2",
+            "first layers that always load their full KV (the reference: 2)", 1, 1 << 20),
+      Param("calibration_tokens", ParamType::kInt, "256",
+            "length of the seeded random calibration prompt for the skewing SVD", 2, 1 << 20),
+      Param("calibration_seed", ParamType::kInt, "0", "seed of the calibration prompt", 0,
+            1e15),
+      Param("mass_sample_interval", ParamType::kInt, "8",
+            "measure the captured attention mass every N-th decode step (0 = never)", 0,
+            1 << 30),
+      KvBudgetParam(),
+  };
+  info.create = [](const StrategyParams& p,
+                   const KvManagerContext& context) -> absl::StatusOr<std::unique_ptr<KvManager>> {
+    if (absl::Status s = CheckKvBudget("infinigen", p); !s.ok()) return s;
+    InfinigenOptions options;
+    if (p.IsSet("alpha")) {
+      if (!(p.Double("alpha") >= 0.0)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("strategy infinigen: alpha=", p.Double("alpha"), " must be >= 0"));
+      }
+      options.alpha = p.Double("alpha");
+    }
+    options.partial_ratio = p.Double("partial_ratio");
+    options.max_kv_ratio = p.IsSet("max_kv_ratio") || !p.IsSet("kv_budget")
+                               ? p.Double("max_kv_ratio")
+                               : p.Double("kv_budget");
+    if (p.IsSet("max_num_kv")) options.max_num_kv = p.Int("max_num_kv");
+    options.host_capacity = p.Double("host_capacity");
+    options.calibration_tokens = static_cast<int32_t>(p.Int("calibration_tokens"));
+    options.calibration_seed = static_cast<uint64_t>(p.Int("calibration_seed"));
+    options.mass_sample_interval = static_cast<int32_t>(p.Int("mass_sample_interval"));
+    options.dense_layers = static_cast<int32_t>(p.Int("dense_layers"));
+    auto manager = InfinigenKvManager::Create(context, options);
+    if (!manager.ok()) return manager.status();
+    return std::unique_ptr<KvManager>(std::move(*manager));
+  };
+  return info;
+}
+
 }  // namespace
 
 const std::vector<StrategyInfo>& RegisteredStrategies() {
   static const std::vector<StrategyInfo>* const strategies =
-      new std::vector<StrategyInfo>{Contiguous(), Paged(), H2o(), Streaming()};
+      new std::vector<StrategyInfo>{Contiguous(), Paged(), H2o(), Streaming(), Infinigen()};
   return *strategies;
 }
 

@@ -13,7 +13,8 @@ using ::testing::HasSubstr;
 TEST(RegistryTest, ListsStrategiesInAStableOrder) {
   std::vector<std::string> names;
   for (const StrategyInfo& info : RegisteredStrategies()) names.push_back(info.name);
-  EXPECT_THAT(names, ::testing::ElementsAre("contiguous", "paged", "h2o", "streaming"));
+  EXPECT_THAT(names,
+              ::testing::ElementsAre("contiguous", "paged", "h2o", "streaming", "infinigen"));
 }
 
 TEST(RegistryTest, UnknownStrategyListsKnownOnes) {

@@ -305,6 +305,8 @@ TEST(RegisteredLossyTest, QualityCostAppearsOnlyWhenTokensAreDropped) {
        {{"sink_tokens", "4"}, {"recent_size", "1000"}}},
       {"h2o", {{"heavy_size", "4"}, {"recent_size", "4"}},
        {{"heavy_size", "500"}, {"recent_size", "500"}}},
+      {"infinigen", {{"max_num_kv", "2"}, {"calibration_tokens", "32"}},
+       {{"alpha", "1e6"}, {"max_kv_ratio", "1"}, {"calibration_tokens", "32"}}},
   };
   int ran = 0;
   for (const LossyCase& c : cases) {

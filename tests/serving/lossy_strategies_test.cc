@@ -13,7 +13,9 @@
 #include <vector>
 
 #include "engine/engine.h"
+#include "engine/metrics.h"
 #include "engine/model.h"
+#include "engine/presets.h"
 #include "engine/serving.h"
 #include "engine/weights.h"
 #include "gtest/gtest.h"
@@ -263,6 +265,53 @@ TEST(LossyStrategiesTest, FitMoreSequencesThanPagedInTheSameMemory) {
   std::printf("peak running: h2o %d, paged %d; mean batch %.2f vs %.2f; steps %zu vs %zu\n",
               h2o.peak_running, paged.peak_running, h2o.mean_batch, paged.mean_batch, h2o.steps,
               paged.steps);
+}
+
+// infinigen in serving (llama-tiny preset: 2 sparse layers): every request completes, the
+// steps' host-to-device bytes add up to the manager's counter and to the summary's per-token
+// figure, the device memory stays within the budget, and the host pool holds every token.
+TEST(LossyStrategiesTest, InfinigenServesAndReportsTransfers) {
+  auto config = PresetConfig("llama-tiny");
+  ASSERT_TRUE(config.ok());
+  auto w = SyntheticWeights(*config, 4);
+  ASSERT_TRUE(w.ok()) << w.status();
+  auto weights = std::make_shared<ModelWeights>(std::move(*w));
+  const int64_t bytes = 4 << 20;
+  Rig rig = MakeRig(
+      weights, "infinigen",
+      {{"kv_budget", "0.2"}, {"calibration_tokens", "32"}, {"mass_sample_interval", "2"}}, bytes,
+      1);
+  ASSERT_NE(rig.engine, nullptr);
+  std::vector<RequestSpec> requests = LongRequests(4);
+  for (RequestSpec& r : requests) {
+    for (int32_t& id : r.prompt) id %= static_cast<int32_t>(weights->config.vocab_size);
+  }
+  ServingOptions serving;
+  serving.scheduler.max_model_len = weights->config.max_position_embeddings;
+  const ServingResult r = RunServing(*rig.engine, *rig.kv, requests, serving);
+  ASSERT_TRUE(r.complete) << r.status_message;
+  int64_t h2d = 0, decode = 0, peak_used = 0, peak_host = 0;
+  for (const StepRecord& st : r.steps) {
+    h2d += st.h2d_bytes;
+    decode += st.decode_tokens;
+    peak_used = std::max(peak_used, st.kv_used_bytes);
+    peak_host = std::max(peak_host, st.host_kv_bytes);
+  }
+  const kvcache::KvCounters counters = rig.kv->Counters();
+  EXPECT_EQ(h2d, counters.h2d_bytes);
+  EXPECT_GT(h2d, 0);
+  EXPECT_GT(counters.selections, 0);
+  EXPECT_GT(counters.mass_samples, 0);
+  EXPECT_LE(peak_used, bytes);
+  EXPECT_GT(peak_host, 0);
+  const Summary summary = Summarize(r.requests, r.steps, 0, SloSpec{});
+  EXPECT_EQ(summary.completed, 4);
+  EXPECT_DOUBLE_EQ(summary.h2d_bytes_per_token, static_cast<double>(h2d) / decode);
+  ASSERT_TRUE(summary.kv_selected_tokens_mean.has_value());
+  EXPECT_GT(*summary.kv_selected_tokens_mean, 0);
+  ASSERT_TRUE(summary.attention_mass_captured.has_value());
+  EXPECT_GT(*summary.attention_mass_captured, 0);
+  EXPECT_LE(*summary.attention_mass_captured, 1.0 + 1e-9);
 }
 
 }  // namespace

@@ -125,7 +125,9 @@ TEST_P(PreemptionTest, TightBudgetPreemptsAndKeepsGreedyTokens) {
   EXPECT_GT(summary.preemptions, 0);
   EXPECT_EQ(summary.completed, 16);
   EXPECT_EQ(Outputs(constrained), Outputs(reference));
-  if (GetParam() == "swap") EXPECT_GT(summary.peak_swapped_bytes, 0);
+  if (GetParam() == "swap") {
+    EXPECT_GT(summary.peak_swapped_bytes, 0);
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Modes, PreemptionTest, ::testing::Values("recompute", "swap"));
