@@ -44,14 +44,20 @@ struct AggregateRow {
 // memory and quality.
 const std::vector<std::string>& DefaultMetrics();
 
-// Groups `rows` by `group_by` (axis names; empty = every axis, so repeats are averaged).
+// Groups `rows` by `group_by` (axis names; empty = every axis, so repeats are averaged;
+// the pseudo-axis "repeat" groups by ResultRow::repeat). Metrics are summary keys; a dotted
+// key reads a nested one ("slo.ttft_ms"); non-numeric and missing values are skipped, so
+// MeanCi::n counts the succeeded rows that have the metric. Empty `metrics` = DefaultMetrics().
 // InvalidArgument names an unknown axis and lists the known ones. Groups keep the order in
 // which they first appear in `rows`.
 absl::StatusOr<std::vector<AggregateRow>> Aggregate(const std::vector<ResultRow>& rows,
                                                     const std::vector<std::string>& group_by,
                                                     const std::vector<std::string>& metrics);
 
-// Renderings: an aligned text table ("mean ± ci"), CSV (mean and ci95 columns), JSON.
+// Renderings: an aligned text table ("mean ± ci", "-" without values), CSV (columns
+// <metric>_mean and <metric>_ci95, empty when absent), JSON ([{group, trials, succeeded,
+// metrics: {name: {n, mean, ci95}}}], null when absent). Empty `group_by` shows every key
+// of the groups (alphabetical; pass Sweep::axis_names for matrix order).
 std::string FormatAggregateTable(const std::vector<AggregateRow>& rows,
                                  const std::vector<std::string>& group_by,
                                  const std::vector<std::string>& metrics);
@@ -59,6 +65,10 @@ std::string FormatAggregateCsv(const std::vector<AggregateRow>& rows,
                                const std::vector<std::string>& group_by,
                                const std::vector<std::string>& metrics);
 nlohmann::json AggregateToJson(const std::vector<AggregateRow>& rows);
+
+// t(0.975, dof): the two-sided 95% Student's t quantile (table for dof <= 30, a
+// Cornish-Fisher expansion beyond). ci95 = t * sd / sqrt(n) with dof = n - 1.
+double StudentT975Quantile(int64_t dof);
 
 }  // namespace kvscope::coordinator
 

@@ -38,6 +38,7 @@ struct SweepLimits {
   int64_t max_string_bytes = 4096;     // any single string value or key
   int32_t max_axes = 16;
   int32_t max_values_per_axis = 1000;
+  int64_t max_total_config_bytes = 256LL << 20;  // config_yaml over all trials
 };
 
 // What a trial needs from a worker (placement).
@@ -53,7 +54,10 @@ struct TrialSpec {
   int64_t index = 0;     // 0-based position in expansion order
   int32_t repeat = 0;    // 0 .. repeats-1
   uint64_t seed = 0;     // the trial seed written into config_yaml
-  // Axis name -> value (JSON scalar or object), in matrix order; "repeat" is not an axis.
+  // Axis name -> value (JSON scalar or object); "repeat" is not an axis. nlohmann::json
+  // keeps keys sorted: Sweep::axis_names has the matrix order. Plain YAML scalars become
+  // integers, numbers or booleans when they read as such, anything else (64MiB, inf,
+  // quoted text) a string.
   nlohmann::json axes = nlohmann::json::object();
   // Short human label, e.g. "strategy=h2o(kv_budget=0.2) request_rate=8 tp=1 repeat=0".
   std::string label;
@@ -72,7 +76,15 @@ struct Sweep {
   std::vector<TrialSpec> trials;
 };
 
-// Parses and validates a sweep. `source` (a file name) prefixes every error.
+// Parses and validates a sweep. `source` (a file name) prefixes every error:
+// "FILE:LINE:COLUMN: message", the line and column of the offending value (or key).
+//
+// Expansion order (TrialSpec::index): repeats outermost, then the matrix points with the
+// first axis slowest and the last fastest; axes linked by `link` advance together, at the
+// place of the group's first axis. So trials [0, points) are repeat 0 of every point, and a
+// partly finished sweep already compares every point.
+// Trial seed = sweep seed + repeat: every matrix point of one repeat sees the same
+// requests (common random numbers), and the repeats differ.
 absl::StatusOr<Sweep> ParseSweep(const std::string& yaml_text, const std::string& source,
                                  const SweepLimits& limits = {});
 

@@ -20,6 +20,7 @@
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
 #include "common/units.h"
+#include "engine/yaml_document.h"
 
 namespace kvscope::engine {
 namespace {
@@ -36,6 +37,9 @@ constexpr EnumName<ArrivalKind> kArrivalNames[] = {
     {ArrivalKind::kAllAtOnce, "all"},      {ArrivalKind::kPoisson, "poisson"},
     {ArrivalKind::kGamma, "gamma"},        {ArrivalKind::kConstant, "constant"},
     {ArrivalKind::kClosedLoop, "closed"},  {ArrivalKind::kTrace, "trace"}};
+constexpr EnumName<FaultKind> kFaultKindNames[] = {{FaultKind::kAbort, "abort"},
+                                                   {FaultKind::kKill, "kill"},
+                                                   {FaultKind::kExit, "exit"}};
 constexpr EnumName<LengthDist> kLengthDistNames[] = {{LengthDist::kFixed, "fixed"},
                                                      {LengthDist::kUniform, "uniform"},
                                                      {LengthDist::kNormal, "normal"},
@@ -140,9 +144,11 @@ class ConfigReader {
   }
 
   // Calls `handle` for each entry of the map `f` (null counts as an empty map). Duplicate
-  // keys, non-scalar keys and, when `allowed` is given, keys outside it are errors.
+  // keys, non-scalar keys and, when `allowed` is given, keys outside it (and outside
+  // `unlisted`: accepted, but not named in errors, e.g. the test-only `fault`) are errors.
   absl::Status ForEachEntry(const Field& f, const std::vector<std::string>* allowed,
-                            const std::string& hint, const Handler& handle) const;
+                            const std::string& hint, const Handler& handle,
+                            const std::vector<std::string>* unlisted = nullptr) const;
 
   absl::Status GetString(const Field& f, std::string* out) const {
     if (!f.node.IsScalar()) return Expected(f, "a string");
@@ -239,6 +245,7 @@ class ConfigReader {
   absl::Status ReadLength(const Field& f, LengthSpec* spec) const;
   absl::Status ReadScheduler(const Field& f, SchedulerOptions* s) const;
   absl::Status ReadGoodput(const Field& f, SloSpec* slo) const;
+  absl::Status ReadFault(const Field& f, BenchFault* fault) const;
 
   std::string source_;
   std::optional<ArrivalKind> arrival_;       // workload.arrival, when given
@@ -247,7 +254,8 @@ class ConfigReader {
 };
 
 absl::Status ConfigReader::ForEachEntry(const Field& f, const std::vector<std::string>* allowed,
-                                        const std::string& hint, const Handler& handle) const {
+                                        const std::string& hint, const Handler& handle,
+                                        const std::vector<std::string>* unlisted) const {
   if (f.node.IsNull()) return absl::OkStatus();
   if (!f.node.IsMap()) return Expected(f, "a map");
   std::set<std::string> seen;
@@ -263,6 +271,9 @@ absl::Status ConfigReader::ForEachEntry(const Field& f, const std::vector<std::s
     if (allowed != nullptr) {
       bool known = false;
       for (const std::string& a : *allowed) known = known || a == name;
+      if (unlisted != nullptr) {
+        for (const std::string& a : *unlisted) known = known || a == name;
+      }
       if (!known) {
         return ErrorAt(key_mark, absl::StrCat("unknown key '", path, "'; allowed: ",
                                               absl::StrJoin(*allowed, ", "),
@@ -283,6 +294,7 @@ absl::Status ConfigReader::Read(const YAML::Node& root, BenchConfig* c) {
   static const std::vector<std::string> kTop = {
       "model", "strategy", "memory", "workload", "scheduler", "goodput",
       "tp",    "threads",  "seed",   "out",      "request_rate"};
+  static const std::vector<std::string> kTestOnly = {"fault"};  // docs/bench.md
   const Field top{"", root, root.Mark()};
   if (!root.IsNull() && !root.IsMap()) {
     return ErrorAt(root.Mark(), absl::StrCat("expected a map with the keys ",
@@ -300,11 +312,13 @@ absl::Status ConfigReader::Read(const YAML::Node& root, BenchConfig* c) {
         if (key == "threads") return GetInt32(f, &c->threads);
         if (key == "seed") return GetUint64(f, &c->workload.seed);
         if (key == "out") return GetString(f, &c->out_dir);
+        if (key == "fault") return ReadFault(f, &c->fault);
         double rate;
         KVSCOPE_RETURN_IF_ERROR(GetRate(f, &rate));
         top_rate_ = rate;
         return absl::OkStatus();
-      }));
+      },
+      &kTestOnly));
 
   // Arrival and rate are settled together: the top-level rate (a sweep's) wins over the
   // workload's; inf means all at t=0 unless the arrival ignores rates (closed, trace); a
@@ -474,6 +488,21 @@ absl::Status ConfigReader::ReadGoodput(const Field& f, SloSpec* slo) const {
   });
 }
 
+absl::Status ConfigReader::ReadFault(const Field& f, BenchFault* fault) const {
+  // Test-only: `fault: {exit_after_requests: N, kind: abort|kill|exit}`.
+  static const std::vector<std::string> kKeys = {"exit_after_requests", "kind"};
+  BenchFault parsed;
+  parsed.kind = FaultKind::kAbort;
+  KVSCOPE_RETURN_IF_ERROR(ForEachEntry(
+      f, &kKeys, "", [&](const std::string& key, const Field& v) -> absl::Status {
+        if (key == "kind") return GetEnum(v, kFaultKindNames, &parsed.kind);
+        return GetInt(v, 0, std::numeric_limits<int64_t>::max(), &parsed.exit_after_requests);
+      }));
+  if (f.node.IsNull()) parsed.kind = FaultKind::kNone;  // `fault:` with nothing: no fault
+  *fault = parsed;
+  return absl::OkStatus();
+}
+
 absl::Status Invalid(const std::string& message) {
   return absl::InvalidArgumentError(message);
 }
@@ -495,12 +524,16 @@ absl::Status ParseBenchConfigYaml(const std::string& yaml_text, const std::strin
   // Parsed into a copy: on error `config` is left as it was.
   BenchConfig parsed = *config;
   try {
-    const std::vector<YAML::Node> documents = YAML::LoadAll(yaml_text);
-    if (documents.size() > 1) {
-      return reader.ErrorAt(documents[1].Mark(),
-                            absl::StrCat("expected one YAML document, found ", documents.size()));
+    // Not YAML::LoadAll, which can loop forever (engine/yaml_document.h).
+    const YamlDocumentCheck check = CheckYamlDocuments(yaml_text);
+    if (check.stuck_at) return reader.ErrorAt(*check.stuck_at, check.stuck_message);
+    if (check.documents > 1) {
+      return reader.ErrorAt(check.second_start,
+                            absl::StrCat("expected one YAML document, found ",
+                                         check.documents >= 100 ? std::string("100 or more")
+                                                                : absl::StrCat(check.documents)));
     }
-    if (!documents.empty()) KVSCOPE_RETURN_IF_ERROR(reader.Read(documents[0], &parsed));
+    if (check.documents == 1) KVSCOPE_RETURN_IF_ERROR(reader.Read(YAML::Load(yaml_text), &parsed));
   } catch (const YAML::Exception& e) {
     // NOTE: e.what() repeats the mark as "yaml-cpp: error at line L, column C: msg".
     return reader.ErrorAt(e.mark, absl::StrCat("malformed YAML: ", e.msg));
@@ -591,18 +624,23 @@ nlohmann::json BenchConfigToJson(const BenchConfig& c) {
   nlohmann::json slo = {{"ttft_ms", OptionalMs(c.slo.ttft_ms)},
                         {"tpot_ms", OptionalMs(c.slo.tpot_ms)},
                         {"e2el_ms", OptionalMs(c.slo.e2el_ms)}};
-  return {{"model", c.model},
-          {"weights_seed", c.weights_seed},
-          {"strategy", c.strategy},
-          {"strategy_params", std::move(strategy_params)},
-          {"kv_memory_bytes", c.kv_memory_bytes},
-          {"tp", c.tp},
-          {"threads", c.threads},
-          {"seed", w.seed},
-          {"workload", std::move(workload)},
-          {"scheduler", std::move(scheduler)},
-          {"slo", std::move(slo)},
-          {"out_dir", c.out_dir}};
+  nlohmann::json config = {{"model", c.model},
+                            {"weights_seed", c.weights_seed},
+                            {"strategy", c.strategy},
+                            {"strategy_params", std::move(strategy_params)},
+                            {"kv_memory_bytes", c.kv_memory_bytes},
+                            {"tp", c.tp},
+                            {"threads", c.threads},
+                            {"seed", w.seed},
+                            {"workload", std::move(workload)},
+                            {"scheduler", std::move(scheduler)},
+                            {"slo", std::move(slo)},
+                            {"out_dir", c.out_dir}};
+  if (c.fault.kind != FaultKind::kNone) {  // test-only; absent from ordinary runs
+    config["fault"] = {{"kind", FaultKindName(c.fault.kind)},
+                       {"exit_after_requests", c.fault.exit_after_requests}};
+  }
+  return config;
 }
 
 absl::StatusOr<ArrivalKind> ParseArrivalKind(const std::string& text) {
@@ -617,5 +655,8 @@ absl::StatusOr<SourceKind> ParseSourceKind(const std::string& text) {
 std::string ArrivalKindName(ArrivalKind kind) { return NameOf(kArrivalNames, kind); }
 std::string LengthDistName(LengthDist dist) { return NameOf(kLengthDistNames, dist); }
 std::string SourceKindName(SourceKind kind) { return NameOf(kSourceNames, kind); }
+std::string FaultKindName(FaultKind kind) {
+  return kind == FaultKind::kNone ? "none" : NameOf(kFaultKindNames, kind);
+}
 
 }  // namespace kvscope::engine

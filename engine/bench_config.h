@@ -29,6 +29,16 @@
 
 namespace kvscope::engine {
 
+// A deliberate failure for tests of the cluster's fault handling (docs/bench.md, `fault:`):
+// the bench process ends itself once `exit_after_requests` requests have finished.
+enum class FaultKind { kNone, kAbort, kKill, kExit };
+struct BenchFault {
+  FaultKind kind = FaultKind::kNone;  // kNone: no fault
+  int64_t exit_after_requests = 0;    // finished requests before the fault fires
+};
+// "abort" (SIGABRT), "kill" (SIGKILL), "exit" (exit code 3); "none" for kNone.
+std::string FaultKindName(FaultKind kind);
+
 struct BenchConfig {
   std::string model;     // a directory or "preset:NAME"
   uint64_t weights_seed = 0;
@@ -41,6 +51,7 @@ struct BenchConfig {
   SchedulerOptions scheduler;  // max_model_len 0 = the model's context
   SloSpec slo;  // goodput objectives
   std::string out_dir;
+  BenchFault fault;  // test-only; kind kNone unless the YAML has `fault:`
 };
 
 // Parses YAML text into `config` (fields present in the text replace those in `config`).
