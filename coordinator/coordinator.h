@@ -44,6 +44,9 @@ enum class ExperimentState { kRunning, kSucceeded, kFailed, kCancelled };
 // "pending", "leased", ... and back; the names used in the store, the API and the CLI.
 const char* TrialStateName(TrialState state);
 const char* ExperimentStateName(ExperimentState state);
+// The inverse of the two above; nullopt for an unknown name.
+std::optional<TrialState> TrialStateFromName(const std::string& name);
+std::optional<ExperimentState> ExperimentStateFromName(const std::string& name);
 
 struct GpuInfo {
   int32_t index = 0;
@@ -156,6 +159,10 @@ class Coordinator {
   // Parses and validates the sweep; stores nothing when it is invalid
   // (InvalidArgument with the parser's message). Returns the experiment id.
   absl::StatusOr<std::string> Submit(const std::string& sweep_yaml, const std::string& source);
+  // Submit with the sweep already parsed (`sweep_yaml` is only stored); for callers that
+  // parsed it themselves, and for tests that need hand-made trial requirements.
+  absl::StatusOr<std::string> SubmitParsed(const Sweep& sweep, const std::string& sweep_yaml,
+                                           const std::string& source);
   absl::StatusOr<ExperimentInfo> GetExperiment(const std::string& experiment_id);
   absl::StatusOr<std::vector<ExperimentInfo>> ListExperiments();
   absl::StatusOr<std::vector<TrialInfo>> ListTrials(const std::string& experiment_id);
@@ -188,7 +195,11 @@ class Coordinator {
 
   // Expires leases whose renewal is older than lease_seconds on the clock. The daemon
   // calls it every second; tests call it after advancing a FakeClock.
+  // Also writes what is kept in memory between state changes: heartbeat times of workers
+  // and progress of running trials (so a crash loses at most about a second of those).
   absl::Status ExpireLeases();
+
+  const CoordinatorOptions& options() const;
 
  private:
   class Impl;
