@@ -5,6 +5,7 @@
 #include <atomic>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
 #include <time.h>
 #include <fstream>
@@ -57,10 +58,60 @@ void OnSigint(int) {
   }
 }
 
+// --progress-file: {"requests_done":N,"requests_total":M,"elapsed_s":S}, replaced atomically
+// (write FILE.tmp, then rename) at most every 0.25 s of serving time and at the end, so a
+// reader (the worker daemon) never sees a partial file.
+class ProgressFile {
+ public:
+  explicit ProgressFile(std::string path) : path_(std::move(path)) {}
+  void Update(int64_t done, int64_t total, double elapsed_s, bool force) {
+    if (path_.empty() || (!force && elapsed_s - last_write_s_ < 0.25)) return;
+    last_write_s_ = elapsed_s;
+    const std::string tmp = path_ + ".tmp";
+    {
+      std::ofstream out(tmp, std::ios::trunc);
+      out << "{\"requests_done\":" << done << ",\"requests_total\":" << total
+          << ",\"elapsed_s\":" << elapsed_s << "}\n";
+      if (!out) return Warn();
+    }
+    if (std::rename(tmp.c_str(), path_.c_str()) != 0) Warn();
+  }
+
+ private:
+  void Warn() {
+    if (!warned_) {
+      std::fprintf(stderr, "kvscope bench: cannot write --progress-file %s\n", path_.c_str());
+    }
+    warned_ = true;
+  }
+  std::string path_;
+  double last_write_s_ = -1e9;
+  bool warned_ = false;
+};
+
+// The test-only `fault:` key (docs/bench.md): ends the process as a crash would.
+[[noreturn]] void FireFault(const engine::BenchFault& fault, int64_t finished) {
+  std::fflush(stdout);
+  std::fprintf(stderr, "kvscope bench: test fault '%s' after %lld finished requests\n",
+               engine::FaultKindName(fault.kind).c_str(), static_cast<long long>(finished));
+  std::fflush(stderr);
+  switch (fault.kind) {
+    case engine::FaultKind::kKill:
+      std::raise(SIGKILL);
+      break;
+    case engine::FaultKind::kExit:
+      std::_Exit(3);
+    case engine::FaultKind::kAbort:
+    case engine::FaultKind::kNone:
+      break;
+  }
+  std::abort();
+}
+
 // Flag values; only flags the user gave override the YAML file.
 struct BenchFlags {
   std::string config, model, strategy, kv_memory, request_rate, arrival, input_dist, output_dist;
-  std::string dataset, text, trace, out, goodput;
+  std::string dataset, text, trace, out, goodput, progress_file;
   std::vector<std::string> strategy_params;
   int64_t num_requests = 0, concurrency = 0, input_len = 0, output_len = 0, input_min = 0,
           input_max = 0, output_min = 0, output_max = 0, prefix_groups = 0, prefix_len = 0,
@@ -261,8 +312,19 @@ absl::StatusOr<int> Run(engine::BenchConfig c, const BenchFlags& f) {
   serving.ignore_eos = c.workload.ignore_eos;
   serving.eos_ids = mc.eos_token_ids;
   serving.stop = &g_stop;
+  ProgressFile progress_file(f.progress_file);
+  const int64_t num_requests = static_cast<int64_t>(workload.size());
+  progress_file.Update(0, num_requests, 0, /*force=*/true);
+  const engine::BenchFault fault = c.fault;
+  if (fault.kind != engine::FaultKind::kNone && fault.exit_after_requests == 0) {
+    FireFault(fault, 0);
+  }
   serving.on_progress = [&](const engine::ServingProgress& p) {
     progress.Update(p.finished, p.total, p.elapsed_s);
+    progress_file.Update(p.finished, p.total, p.elapsed_s, p.finished == p.total);
+    if (fault.kind != engine::FaultKind::kNone && p.finished >= fault.exit_after_requests) {
+      FireFault(fault, p.finished);
+    }
   };
   engine::ServingResult run = engine::RunServing(*eng, *kv, workload, serving);
   progress.Finish();
@@ -278,6 +340,7 @@ absl::StatusOr<int> Run(engine::BenchConfig c, const BenchFlags& f) {
                             ? 0.0
                             : c.workload.request_rate;
   doc.summary = engine::Summarize(run.requests, run.steps, target, c.slo);
+  engine::ApplyKvCounters(kv->Counters(), &doc.summary);
   doc.steps = std::move(run.steps);
   doc.requests = std::move(run.requests);
   doc.complete = run.complete;
@@ -371,6 +434,9 @@ int RunBench(const std::vector<std::string>& args) {
             "teacher-forced steps per checked request (default: output length, at most 64)");
   flags.String("perplexity-text", &f.perplexity_text,
                "text file whose perplexity is reported under the strategy and the full cache");
+  flags.String("progress-file", &f.progress_file,
+               "rewrite FILE (atomically) with {\"requests_done\",\"requests_total\","
+               "\"elapsed_s\"} as the run progresses");
   if (absl::Status s = flags.Parse(args, nullptr); !s.ok()) {
     std::fprintf(stderr, "%s\n", std::string(s.message()).c_str());
     return 2;

@@ -1,0 +1,165 @@
+// `kvscope worker --coordinator HOST:PORT`: the worker daemon (worker/worker_daemon.h) over
+// gRPC (worker/grpc_connection.h).
+#include <pthread.h>
+#include <signal.h>
+#include <time.h>
+
+#include <atomic>
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "cli/commands.h"
+#include "cli/flag_set.h"
+#include "worker/capabilities.h"
+#include "worker/grpc_connection.h"
+#include "worker/worker_daemon.h"
+
+namespace kvscope::cli {
+namespace {
+
+int Fail(const std::string& message) {
+  std::fprintf(stderr, "kvscope worker: %s\n", message.c_str());
+  return 1;
+}
+
+// The first non-empty line of `path`, trimmed.
+absl::StatusOr<std::string> ReadToken(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError("cannot read --token-file " + path);
+  std::string line;
+  while (std::getline(in, line)) {
+    const std::string token(absl::StripAsciiWhitespace(line));
+    if (!token.empty()) return token;
+  }
+  return absl::InvalidArgumentError("--token-file " + path + " holds no token");
+}
+
+}  // namespace
+
+int RunWorker(const std::vector<std::string>& args) {
+  FlagSet flags("kvscope worker", "--coordinator HOST:PORT [flags]",
+                "Runs a worker daemon: registers this machine's capabilities with the\n"
+                "coordinator, takes trials and runs each as a `kvscope bench` child process,\n"
+                "reports progress and results. Finished results wait in WORK_DIR/spool until\n"
+                "the coordinator acknowledges them, so a restart loses none. Reconnects with\n"
+                "backoff while the coordinator is away. SIGINT/SIGTERM stop it (running trials\n"
+                "are stopped and reported as failed). See docs/cluster.md.");
+  std::string target, token, token_file, tls_ca, tls_cert, tls_key;
+  std::string work_dir = "kvscope-worker";
+  std::vector<std::string> models;
+  int64_t max_trials = 1;
+  double backoff_max = 30;
+  flags.String("coordinator", &target, "the coordinator's HOST:PORT");
+  flags.String("token", &token, "worker bearer token (prefer --token-file)");
+  flags.String("token-file", &token_file, "file whose first line is the worker token");
+  flags.String("tls-ca", &tls_ca, "CA certificate (PEM) to verify the coordinator; enables TLS");
+  flags.String("tls-cert", &tls_cert, "client certificate (PEM) for mutual TLS");
+  flags.String("tls-key", &tls_key, "client private key (PEM) for mutual TLS");
+  flags.String("work-dir", &work_dir, "attempt directories and the result spool");
+  flags.StringList("models", &models,
+                   "model directories this worker offers, comma-separated or repeated (a "
+                   "folder of models counts each model inside)");
+  flags.Int("max-trials", &max_trials, "trials run at once");
+  flags.Double("backoff-max", &backoff_max, "longest wait between reconnection attempts, seconds");
+  if (absl::Status s = flags.Parse(args, nullptr); !s.ok()) {
+    std::fprintf(stderr, "%s\n", std::string(s.message()).c_str());
+    return 2;
+  }
+  if (flags.help_requested()) {
+    std::fputs(flags.Help().c_str(), stdout);
+    return 0;
+  }
+  if (target.empty()) {
+    std::fprintf(stderr, "kvscope worker: --coordinator HOST:PORT is required\n");
+    return 2;
+  }
+  if (!token.empty() && !token_file.empty()) {
+    std::fprintf(stderr, "kvscope worker: give --token or --token-file, not both\n");
+    return 2;
+  }
+  if (max_trials < 1 || max_trials > 1024) {
+    std::fprintf(stderr, "kvscope worker: --max-trials must be in [1, 1024]\n");
+    return 2;
+  }
+  if (!(backoff_max >= 0.5)) {
+    std::fprintf(stderr, "kvscope worker: --backoff-max must be >= 0.5 seconds\n");
+    return 2;
+  }
+  if (!token_file.empty()) {
+    absl::StatusOr<std::string> read = ReadToken(token_file);
+    if (!read.ok()) return Fail(std::string(read.status().message()));
+    token = *read;
+  }
+
+  // SIGINT/SIGTERM are taken by sigtimedwait below. They are blocked before any thread starts
+  // (gRPC's included), so none of them dies of the default action; trial children reset it.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  worker::CapabilityOptions capability_options;
+  for (const std::string& list : models) {
+    for (absl::string_view dir : absl::StrSplit(list, ',', absl::SkipWhitespace())) {
+      capability_options.model_dirs.emplace_back(absl::StripAsciiWhitespace(dir));
+    }
+  }
+  capability_options.max_cpu_trials = static_cast<int32_t>(max_trials);
+  absl::StatusOr<coordinator::WorkerCapabilities> capabilities =
+      worker::DetectCapabilities(capability_options);
+  if (!capabilities.ok()) return Fail(std::string(capabilities.status().message()));
+
+  worker::GrpcConnectionOptions connection_options;
+  connection_options.target = target;
+  connection_options.token = token;
+  connection_options.tls_ca_file = tls_ca;
+  connection_options.tls_cert_file = tls_cert;
+  connection_options.tls_key_file = tls_key;
+  absl::StatusOr<std::unique_ptr<worker::CoordinatorConnection>> connection =
+      worker::ConnectToCoordinator(connection_options);
+  if (!connection.ok()) return Fail(std::string(connection.status().message()));
+
+  worker::WorkerDaemonOptions options;
+  options.connection = connection->get();
+  options.capabilities = *capabilities;
+  options.work_dir = work_dir;
+  options.max_concurrent_trials = static_cast<int32_t>(max_trials);
+  options.backoff_max_seconds = backoff_max;
+  absl::StatusOr<std::unique_ptr<worker::WorkerDaemon>> daemon =
+      worker::WorkerDaemon::Create(options);
+  if (!daemon.ok()) return Fail(std::string(daemon.status().message()));
+
+  std::fprintf(stderr, "kvscope worker: %s, %d CPU cores, %zu GPU(s), coordinator %s%s\n",
+               capabilities->hostname.c_str(), capabilities->cpu_cores, capabilities->gpus.size(),
+               target.c_str(), tls_ca.empty() ? "" : " (TLS)");
+  std::atomic<bool> returned{false};
+  absl::Status status;
+  std::thread thread([&] {
+    status = (*daemon)->Run();
+    returned.store(true);
+  });
+  const timespec tick = {0, 200 * 1000 * 1000};
+  while (!returned.load()) {
+    const int signal_number = sigtimedwait(&signals, nullptr, &tick);
+    if (signal_number > 0) {
+      std::fprintf(stderr, "kvscope worker: %s: stopping\n",
+                   signal_number == SIGINT ? "SIGINT" : "SIGTERM");
+      (*daemon)->Shutdown();
+      break;
+    }
+  }
+  thread.join();
+  if (!status.ok()) return Fail(std::string(status.message()));
+  return 0;
+}
+
+}  // namespace kvscope::cli
