@@ -15,6 +15,15 @@ int RunPresets(const std::vector<std::string>& args);
 int RunBench(const std::vector<std::string>& args);
 int RunStrategies(const std::vector<std::string>& args);
 int RunReport(const std::vector<std::string>& args);
+// The cluster (docs/cluster.md): the coordinator daemon, its clients, and the embedded run.
+int RunCoordinator(const std::vector<std::string>& args);
+int RunSubmit(const std::vector<std::string>& args);
+int RunStatus(const std::vector<std::string>& args);
+int RunResults(const std::vector<std::string>& args);
+int RunCancel(const std::vector<std::string>& args);
+int RunWorkers(const std::vector<std::string>& args);
+int RunRun(const std::vector<std::string>& args);
+int RunWorker(const std::vector<std::string>& args);
 
 }  // namespace kvscope::cli
 

@@ -18,7 +18,16 @@ constexpr char kUsage[] =
     "  strategies list the KV-cache strategies and their parameters\n"
     "  report     print finished bench runs side by side\n"
     "  presets    list the synthetic model presets (--model preset:NAME)\n"
-    "  version    print the version and build facts\n";
+    "  version    print the version and build facts\n"
+    "\ncluster (docs/cluster.md):\n"
+    "  run         run a sweep file on this machine and print the comparison\n"
+    "  coordinator serve sweeps to workers and clients over gRPC (--listen, --db)\n"
+    "  submit      submit a sweep file to a coordinator (--wait: follow it)\n"
+    "  status      list experiments, or one experiment's trials\n"
+    "  results     an experiment's results: table, csv or json\n"
+    "  cancel      cancel an experiment's unfinished trials\n"
+    "  workers     list the workers registered with a coordinator\n"
+    "  worker      run a worker daemon that takes trials from a coordinator\n";
 
 int RunVersion() {
   const kvscope::BuildInfo& info = kvscope::GetBuildInfo();
@@ -47,6 +56,14 @@ int main(int argc, char** argv) {
   if (command == "bench") return kvscope::cli::RunBench(args);
   if (command == "strategies") return kvscope::cli::RunStrategies(args);
   if (command == "report") return kvscope::cli::RunReport(args);
+  if (command == "coordinator") return kvscope::cli::RunCoordinator(args);
+  if (command == "submit") return kvscope::cli::RunSubmit(args);
+  if (command == "status") return kvscope::cli::RunStatus(args);
+  if (command == "results") return kvscope::cli::RunResults(args);
+  if (command == "cancel") return kvscope::cli::RunCancel(args);
+  if (command == "workers") return kvscope::cli::RunWorkers(args);
+  if (command == "run") return kvscope::cli::RunRun(args);
+  if (command == "worker") return kvscope::cli::RunWorker(args);
   std::fprintf(stderr, "kvscope: unknown subcommand '%s'\n\n%s", command.c_str(), kUsage);
   return 2;
 }

@@ -1,0 +1,250 @@
+#include "coordinator/grpc_services.h"
+
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "coordinator/grpc_convert.h"
+
+namespace kvscope::coordinator {
+namespace {
+
+// Returns early from a handler with the converted status when `expr` is not OK.
+#define KVSCOPE_GRPC_RETURN_IF_ERROR(expr)                  \
+  do {                                                      \
+    ::absl::Status kvscope_grpc_status_ = (expr);           \
+    if (!kvscope_grpc_status_.ok()) {                       \
+      return ToGrpcStatus(kvscope_grpc_status_);            \
+    }                                                       \
+  } while (0)
+
+absl::Status CheckId(const std::string& value, const char* field, bool required = true) {
+  if (required && value.empty()) {
+    return absl::InvalidArgumentError(std::string(field) + " is empty");
+  }
+  if (value.size() > kMaxIdBytes) {
+    return absl::InvalidArgumentError(std::string(field) + " is longer than " +
+                                      std::to_string(kMaxIdBytes) + " bytes");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+// ----- ClientService -----
+
+grpc::Status ClientServiceImpl::Submit(grpc::ServerContext* context,
+                                       const v1::SubmitRequest* request,
+                                       v1::SubmitResponse* response) {
+  KVSCOPE_GRPC_RETURN_IF_ERROR(auth_->Check(TokenKind::kClient, *context));
+  KVSCOPE_GRPC_RETURN_IF_ERROR(CheckId(request->source(), "source", /*required=*/false));
+  if (request->sweep_yaml().empty()) {
+    return ToGrpcStatus(absl::InvalidArgumentError("the sweep is empty"));
+  }
+  absl::StatusOr<std::string> id = coordinator_->Submit(
+      request->sweep_yaml(), request->source().empty() ? "<sweep>" : request->source());
+  KVSCOPE_GRPC_RETURN_IF_ERROR(id.status());
+  response->set_experiment_id(*id);
+  return grpc::Status::OK;
+}
+
+grpc::Status ClientServiceImpl::GetExperiment(grpc::ServerContext* context,
+                                              const v1::GetExperimentRequest* request,
+                                              v1::GetExperimentResponse* response) {
+  KVSCOPE_GRPC_RETURN_IF_ERROR(auth_->Check(TokenKind::kClient, *context));
+  KVSCOPE_GRPC_RETURN_IF_ERROR(CheckId(request->experiment_id(), "experiment_id"));
+  absl::StatusOr<ExperimentInfo> info = coordinator_->GetExperiment(request->experiment_id());
+  KVSCOPE_GRPC_RETURN_IF_ERROR(info.status());
+  ToProto(*info, response->mutable_experiment());
+  if (request->include_trials()) {
+    absl::StatusOr<std::vector<TrialInfo>> trials =
+        coordinator_->ListTrials(request->experiment_id());
+    KVSCOPE_GRPC_RETURN_IF_ERROR(trials.status());
+    for (const TrialInfo& t : *trials) ToProto(t, response->add_trials());
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status ClientServiceImpl::ListExperiments(grpc::ServerContext* context,
+                                                const v1::ListExperimentsRequest* request,
+                                                v1::ListExperimentsResponse* response) {
+  KVSCOPE_GRPC_RETURN_IF_ERROR(auth_->Check(TokenKind::kClient, *context));
+  absl::StatusOr<std::vector<ExperimentInfo>> list = coordinator_->ListExperiments();
+  KVSCOPE_GRPC_RETURN_IF_ERROR(list.status());
+  for (const ExperimentInfo& e : *list) ToProto(e, response->add_experiments());
+  return grpc::Status::OK;
+}
+
+grpc::Status ClientServiceImpl::WatchExperiment(
+    grpc::ServerContext* context, const v1::WatchExperimentRequest* request,
+    grpc::ServerWriter<v1::ExperimentSnapshot>* writer) {
+  KVSCOPE_GRPC_RETURN_IF_ERROR(auth_->Check(TokenKind::kClient, *context));
+  KVSCOPE_GRPC_RETURN_IF_ERROR(CheckId(request->experiment_id(), "experiment_id"));
+  absl::StatusOr<ExperimentInfo> info = coordinator_->GetExperiment(request->experiment_id());
+  KVSCOPE_GRPC_RETURN_IF_ERROR(info.status());
+  int64_t sent_version = -1;
+  while (!context->IsCancelled()) {
+    if (info->version != sent_version) {
+      v1::ExperimentSnapshot snapshot;
+      ToProto(*info, snapshot.mutable_experiment());
+      if (request->include_trials()) {
+        absl::StatusOr<std::vector<TrialInfo>> trials =
+            coordinator_->ListTrials(request->experiment_id());
+        KVSCOPE_GRPC_RETURN_IF_ERROR(trials.status());
+        for (const TrialInfo& t : *trials) ToProto(t, snapshot.add_trials());
+      }
+      if (!writer->Write(snapshot)) break;  // the client went away
+      sent_version = info->version;
+      if (info->state != ExperimentState::kRunning) return grpc::Status::OK;
+    }
+    info = coordinator_->WaitForChange(request->experiment_id(), sent_version,
+                                       /*timeout_seconds=*/1.0);
+    KVSCOPE_GRPC_RETURN_IF_ERROR(info.status());
+  }
+  return grpc::Status(grpc::StatusCode::CANCELLED, "watch cancelled");
+}
+
+grpc::Status ClientServiceImpl::CancelExperiment(grpc::ServerContext* context,
+                                                 const v1::CancelExperimentRequest* request,
+                                                 v1::CancelExperimentResponse* response) {
+  KVSCOPE_GRPC_RETURN_IF_ERROR(auth_->Check(TokenKind::kClient, *context));
+  KVSCOPE_GRPC_RETURN_IF_ERROR(CheckId(request->experiment_id(), "experiment_id"));
+  KVSCOPE_GRPC_RETURN_IF_ERROR(coordinator_->Cancel(request->experiment_id()));
+  absl::StatusOr<ExperimentInfo> info = coordinator_->GetExperiment(request->experiment_id());
+  KVSCOPE_GRPC_RETURN_IF_ERROR(info.status());
+  ToProto(*info, response->mutable_experiment());
+  return grpc::Status::OK;
+}
+
+grpc::Status ClientServiceImpl::FetchResults(grpc::ServerContext* context,
+                                             const v1::FetchResultsRequest* request,
+                                             grpc::ServerWriter<v1::ResultRow>* writer) {
+  KVSCOPE_GRPC_RETURN_IF_ERROR(auth_->Check(TokenKind::kClient, *context));
+  KVSCOPE_GRPC_RETURN_IF_ERROR(CheckId(request->experiment_id(), "experiment_id"));
+  absl::StatusOr<std::vector<TrialInfo>> trials =
+      coordinator_->ListTrials(request->experiment_id());
+  KVSCOPE_GRPC_RETURN_IF_ERROR(trials.status());
+  absl::StatusOr<std::vector<TrialResult>> results =
+      coordinator_->Results(request->experiment_id());
+  KVSCOPE_GRPC_RETURN_IF_ERROR(results.status());
+  std::unordered_map<std::string, const TrialResult*> by_trial;
+  for (const TrialResult& r : *results) by_trial[r.trial_id] = &r;
+  for (const TrialInfo& t : *trials) {
+    if (context->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled");
+    v1::ResultRow row;
+    row.set_trial_id(t.trial_id);
+    row.set_index(t.index);
+    row.set_repeat(t.repeat);
+    row.set_axes_json(DumpJson(t.axes));
+    row.set_label(t.label);
+    row.set_state(ToProto(t.state));
+    row.set_attempts(static_cast<int32_t>(t.attempts.size()));
+    row.set_error(t.error);
+    auto it = by_trial.find(t.trial_id);
+    if (it != by_trial.end()) {
+      const TrialResult& r = *it->second;
+      row.set_attempt_id(r.attempt_id);
+      if (r.result.is_object() && r.result.contains("summary")) {
+        row.set_summary_json(DumpJson(r.result["summary"]));
+      }
+      if (request->include_result()) row.set_result_json(DumpJson(r.result));
+      if (request->include_requests()) row.set_requests_jsonl(r.requests_jsonl);
+    }
+    if (!writer->Write(row)) break;
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status ClientServiceImpl::ListWorkers(grpc::ServerContext* context,
+                                            const v1::ListWorkersRequest* request,
+                                            v1::ListWorkersResponse* response) {
+  KVSCOPE_GRPC_RETURN_IF_ERROR(auth_->Check(TokenKind::kClient, *context));
+  absl::StatusOr<std::vector<WorkerInfo>> workers = coordinator_->ListWorkers();
+  KVSCOPE_GRPC_RETURN_IF_ERROR(workers.status());
+  for (const WorkerInfo& w : *workers) ToProto(w, response->add_workers());
+  return grpc::Status::OK;
+}
+
+// ----- WorkerService -----
+
+grpc::Status WorkerServiceImpl::Register(grpc::ServerContext* context,
+                                         const v1::RegisterRequest* request,
+                                         v1::RegisterResponse* response) {
+  KVSCOPE_GRPC_RETURN_IF_ERROR(auth_->Check(TokenKind::kWorker, *context));
+  KVSCOPE_GRPC_RETURN_IF_ERROR(CheckId(request->worker_id(), "worker_id", /*required=*/false));
+  KVSCOPE_GRPC_RETURN_IF_ERROR(
+      CheckId(request->capabilities().hostname(), "capabilities.hostname", false));
+  absl::StatusOr<WorkerCapabilities> capabilities = FromProto(request->capabilities());
+  KVSCOPE_GRPC_RETURN_IF_ERROR(capabilities.status());
+  absl::StatusOr<std::string> id =
+      coordinator_->RegisterWorker(*capabilities, request->worker_id());
+  KVSCOPE_GRPC_RETURN_IF_ERROR(id.status());
+  response->set_worker_id(*id);
+  response->set_heartbeat_interval_seconds(options_.heartbeat_interval_seconds);
+  response->set_lease_seconds(options_.lease_seconds);
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerServiceImpl::Heartbeat(grpc::ServerContext* context,
+                                          const v1::HeartbeatRequest* request,
+                                          v1::HeartbeatResponse* response) {
+  KVSCOPE_GRPC_RETURN_IF_ERROR(auth_->Check(TokenKind::kWorker, *context));
+  KVSCOPE_GRPC_RETURN_IF_ERROR(CheckId(request->worker_id(), "worker_id"));
+  const std::vector<int64_t> running(request->running_attempts().begin(),
+                                     request->running_attempts().end());
+  absl::StatusOr<HeartbeatReply> reply = coordinator_->Heartbeat(request->worker_id(), running);
+  KVSCOPE_GRPC_RETURN_IF_ERROR(reply.status());
+  for (int64_t a : reply->stop_attempts) response->add_stop_attempts(a);
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerServiceImpl::AcquireTrials(grpc::ServerContext* context,
+                                              const v1::AcquireTrialsRequest* request,
+                                              v1::AcquireTrialsResponse* response) {
+  KVSCOPE_GRPC_RETURN_IF_ERROR(auth_->Check(TokenKind::kWorker, *context));
+  KVSCOPE_GRPC_RETURN_IF_ERROR(CheckId(request->worker_id(), "worker_id"));
+  if (request->max_trials() < 0 || request->max_trials() > options_.max_trials_per_acquire) {
+    return ToGrpcStatus(absl::InvalidArgumentError(
+        "max_trials must be in [0, " + std::to_string(options_.max_trials_per_acquire) +
+        "], got " + std::to_string(request->max_trials())));
+  }
+  absl::StatusOr<std::vector<TrialAssignment>> assignments =
+      coordinator_->AcquireTrials(request->worker_id(), request->max_trials());
+  KVSCOPE_GRPC_RETURN_IF_ERROR(assignments.status());
+  for (const TrialAssignment& a : *assignments) ToProto(a, response->add_assignments());
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerServiceImpl::ReportProgress(grpc::ServerContext* context,
+                                               const v1::ReportProgressRequest* request,
+                                               v1::ReportProgressResponse* response) {
+  KVSCOPE_GRPC_RETURN_IF_ERROR(auth_->Check(TokenKind::kWorker, *context));
+  KVSCOPE_GRPC_RETURN_IF_ERROR(CheckId(request->worker_id(), "worker_id"));
+  return ToGrpcStatus(coordinator_->ReportProgress(request->worker_id(), request->attempt_id(),
+                                                   request->requests_done(),
+                                                   request->requests_total(),
+                                                   request->elapsed_s()));
+}
+
+grpc::Status WorkerServiceImpl::ReportResult(grpc::ServerContext* context,
+                                             const v1::ReportResultRequest* request,
+                                             v1::ReportResultResponse* response) {
+  KVSCOPE_GRPC_RETURN_IF_ERROR(auth_->Check(TokenKind::kWorker, *context));
+  KVSCOPE_GRPC_RETURN_IF_ERROR(CheckId(request->worker_id(), "worker_id"));
+  ResultReport report;
+  report.succeeded = request->succeeded();
+  report.error = request->error();
+  absl::StatusOr<nlohmann::json> result = ParseJsonField(request->result_json(), "result_json");
+  KVSCOPE_GRPC_RETURN_IF_ERROR(result.status());
+  if (report.succeeded && !result->is_object()) {
+    return ToGrpcStatus(absl::InvalidArgumentError(
+        "a succeeded result must carry result_json, a JSON object"));
+  }
+  report.result = *std::move(result);
+  report.requests_jsonl = request->requests_jsonl();
+  return ToGrpcStatus(
+      coordinator_->ReportResult(request->worker_id(), request->attempt_id(), report));
+}
+
+}  // namespace kvscope::coordinator
