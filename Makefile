@@ -15,8 +15,10 @@ build:
 	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKVSCOPE_CUDA=AUTO
 	cmake --build $(BUILD) -j $(JOBS)
 
+# The main job: the quickstart sweep (4 KV strategies x 3 request rates x 3 repeats) run by
+# an embedded coordinator and worker, then the comparison table (docs/sweeps.md).
 demo: build
-	bash scripts/demo.sh $(BUILD)/cli/kvscope
+	$(BUILD)/cli/kvscope run examples/quickstart.yaml --dir $(BUILD)/quickstart
 
 # The regular build's suite, then the sanitizer build's.
 test: test-fast test-asan

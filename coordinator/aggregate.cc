@@ -123,9 +123,10 @@ std::string CsvField(const std::string& s) {
 
 const std::vector<std::string>& DefaultMetrics() {
   static const std::vector<std::string> metrics = {
-      "request_throughput", "output_throughput", "request_goodput",       "mean_ttft_ms",
-      "p99_ttft_ms",        "mean_tpot_ms",      "p99_tpot_ms",           "p99_e2el_ms",
-      "peak_kv_used_bytes", "preemptions",       "quality_top1_agreement"};
+      "request_throughput", "output_throughput", "mean_ttft_ms",
+      "p99_ttft_ms",        "mean_tpot_ms",      "peak_kv_used_bytes",
+      "preemptions",        "quality_mean_kl",   "quality_top1_agreement",
+      "h2d_bytes_per_token"};
   return metrics;
 }
 

@@ -1030,7 +1030,15 @@ absl::Status Coordinator::Impl::ReportProgressLocked(const std::string& worker_i
     return absl::NotFoundError(absl::StrCat("unknown worker ", worker_id, "; register again"));
   }
   auto it = leases_.find(attempt_id);
-  if (it == leases_.end()) return StaleError(attempt_id);
+  if (it == leases_.end()) {
+    // Progress that crossed its own attempt's result on the wire changes nothing and is
+    // not an error: the worker must not take it for a lost lease.
+    KVSCOPE_ASSIGN_OR_RETURN(std::optional<AttemptRow> row, store_->GetAttempt(attempt_id));
+    if (row && row->worker_id == worker_id && row->state == "succeeded") {
+      return absl::OkStatus();
+    }
+    return StaleError(attempt_id);
+  }
   Lease& lease = it->second;
   if (lease.worker_id != worker_id) {
     return absl::FailedPreconditionError(absl::StrCat("stale attempt ", attempt_id,

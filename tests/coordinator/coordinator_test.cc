@@ -214,6 +214,11 @@ TEST_F(CoordinatorTest, FullStateMachine) {
   EXPECT_EQ(t.attempts[0].state, "succeeded");
   EXPECT_EQ(t.attempts[0].worker_id, w);
   EXPECT_EQ(t.axes["request_rate"], 0);
+  // Progress that crossed its result changes nothing and is not refused; from another
+  // worker it is stale.
+  ASSERT_TRUE(coordinator_->ReportProgress(w, a[0].attempt_id, 10, 10, 3).ok());
+  EXPECT_EQ(Trial(e, 0).requests_done, 7);
+  EXPECT_EQ(Trial(e, 0).state, TrialState::kSucceeded);
 
   auto b = Acquire(w, 4);
   ASSERT_EQ(b.size(), 1u);

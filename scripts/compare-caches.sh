@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The main job: a local strategy comparison. The same seeded Poisson load is served with the
+# A local contiguous-vs-paged comparison with `kvscope bench` and `kvscope report`
+# (bash scripts/compare-caches.sh [KVSCOPE_BINARY]). The same seeded Poisson load is served with the
 # `contiguous` cache (whole context reserved per sequence, as HF transformers does) and the
 # `paged` cache (vLLM), on the real TinyStories model when ../shared is present and on a
 # synthetic preset; `kvscope report` prints the runs side by side.
