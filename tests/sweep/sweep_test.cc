@@ -546,7 +546,7 @@ TEST(SweepTest, ExampleFilesParse) {
     EXPECT_FALSE(sweep.trials.empty()) << path;
     if (std::string(name) == "quickstart.yaml") {
       EXPECT_EQ(sweep.name, "quickstart");
-      EXPECT_EQ(sweep.trials.size(), 27u);
+      EXPECT_EQ(sweep.trials.size(), 36u);  // 4 strategies x 3 rates x 1 tp x 3 repeats
       EXPECT_THAT(sweep.axis_names, ElementsAre("strategy", "request_rate", "tp"));
     }
   }
