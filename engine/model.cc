@@ -49,6 +49,11 @@ kvcache::KvGeometry KvGeometryFor(const ModelConfig& c, int tp) {
   g.bytes_per_element = sizeof(float);
   g.tp_size = tp;
   g.num_heads_per_rank = static_cast<int32_t>(c.num_heads / tp);
+  if (c.family == ModelFamily::kLlama) {
+    float attention_scaling = 1.0f;
+    g.rope_inv_freq = RopeInvFreq(c, &attention_scaling);
+    g.rope_rot_dim = static_cast<int32_t>(RopeRotaryDim(c));
+  }
   return g;
 }
 

@@ -1,6 +1,7 @@
 #include "kvcache/evicting_kv_cache.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -321,6 +322,22 @@ void EvictingKvCache::MoveHead(int32_t layer, int32_t head, int32_t src, int32_t
   std::memcpy(v_[layer].data() + at(dst), v_[layer].data() + at(src), d * sizeof(float));
 }
 
+void EvictingKvCache::ShiftKey(int32_t layer, int32_t head, int32_t slot, int32_t delta) {
+  const std::vector<float>& inv_freq = manager_->geometry().rope_inv_freq;
+  const int64_t half = static_cast<int64_t>(inv_freq.size());
+  float* x = k_[layer].data() +
+             ((static_cast<int64_t>(slot / kBlockSize) * shape_.num_kv_heads + head) * kBlockSize +
+              slot % kBlockSize) *
+                 shape_.head_dim;
+  for (int64_t i = 0; i < half; ++i) {
+    const double angle = static_cast<double>(delta) * static_cast<double>(inv_freq[i]);
+    const double c = std::cos(angle), sn = std::sin(angle);
+    const double a = x[i], b = x[i + half];
+    x[i] = static_cast<float>(a * c - b * sn);
+    x[i + half] = static_cast<float>(b * c + a * sn);
+  }
+}
+
 void EvictingKvCache::OnAttention(int32_t layer) {
   const EvictionPolicy& policy = manager_->policy();
   const int64_t g = manager_->global_kv_heads();
@@ -328,6 +345,7 @@ void EvictingKvCache::OnAttention(int32_t layer) {
   for (size_t i = 0; i < planned_->seqs.size(); ++i) {
     const EvictingKvManager::PlannedSeq& ps = planned_->seqs[i];
     EvictingKvManager::Seq& s = *ps.seq;
+    const int32_t shifted_below = policy.ShiftedKeysBelow(s.budget);
     for (int32_t h = 0; h < kvh; ++h) {
       const int64_t base = (layer * g + static_cast<int64_t>(rank_) * kvh + h) * s.stride;
       int32_t* pos = s.head_pos.data() + base;
@@ -340,6 +358,7 @@ void EvictingKvCache::OnAttention(int32_t layer) {
           for (int32_t j = 0; j < ps.view_n; ++j) score[j] += m[j];
         }
       }
+      int32_t evicted = 0;
       if (ps.action == EvictingKvManager::Action::kCompress) {
         policy.SelectKeep(pos, score, ps.view_n, ps.length, s.budget, &keep_);
         for (int32_t j = 0; j < static_cast<int32_t>(keep_.size()); ++j) {
@@ -349,6 +368,7 @@ void EvictingKvCache::OnAttention(int32_t layer) {
           pos[j] = pos[k];
           score[j] = score[k];
         }
+        evicted = ps.view_n - static_cast<int32_t>(keep_.size());
       } else if (ps.action == EvictingKvManager::Action::kEvict) {
         const int32_t incoming = ps.view_n - 1;
         const int32_t victim = policy.Victim(pos, score, ps.view_n, ps.length, s.budget);
@@ -356,6 +376,14 @@ void EvictingKvCache::OnAttention(int32_t layer) {
           MoveHead(layer, h, slots[incoming], slots[victim]);
           pos[victim] = pos[incoming];
           score[victim] = score[incoming];
+        }
+        evicted = 1;
+      }
+      // Rolling positions: the keys below the bound (the sinks) move `evicted` positions
+      // later, so their distance to the next queries is their distance in the cache.
+      if (evicted > 0 && shifted_below > 0) {
+        for (int32_t j = 0; j < s.budget.total; ++j) {
+          if (pos[j] < shifted_below) ShiftKey(layer, h, slots[j], evicted);
         }
       }
     }

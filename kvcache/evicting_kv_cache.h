@@ -23,7 +23,9 @@
 //              policy picks one victim per (layer, head) among the budget + 1 entries; the
 //              new token's K/V (and score) move into the victim's entry and slot, so the
 //              held count stays `budget`. Evicted tokens never return.
-// Every token keeps its ORIGINAL position (RoPE was applied when it was written).
+// Every token keeps its ORIGINAL position in the views (the causal rule and the policy read
+// it); RoPE was applied when it was written. Only a policy with ShiftedKeysBelow > 0
+// (streaming positions=rolling) later re-rotates some stored keys, in OnAttention.
 // Eviction decisions are therefore taken rank-locally in OnAttention, per (layer, KV head),
 // without cross-rank traffic; each rank writes only its own heads' entries, in arrays the
 // manager allocated at admission (no locking, no reallocation during Forward). With
@@ -77,6 +79,11 @@ class EvictionPolicy {
   // sequence so far (the newest has position length - 1).
   virtual int32_t Victim(const int32_t* positions, const double* scores, int32_t n,
                          int32_t length, const EvictBudget& budget) const = 0;
+  // Rolling positions (streaming positions=rolling): after tokens are evicted, the keys of
+  // held entries whose original position is below this bound are re-rotated (RoPE) by the
+  // number of tokens just evicted, so that every key's distance to later queries is its
+  // distance in the cache. 0 (the default): keys keep the rotation they were written with.
+  virtual int32_t ShiftedKeysBelow(const EvictBudget& budget) const { return 0; }
 };
 
 class EvictingKvManager : public KvManager {
@@ -187,6 +194,9 @@ class EvictingKvCache final : public KvCache {
  private:
   // Copies K and V of (layer, local head) from slot `src` to slot `dst`.
   void MoveHead(int32_t layer, int32_t head, int32_t src, int32_t dst);
+  // Re-rotates the key of (layer, local head) at `slot` by `delta` positions (RoPE angles
+  // delta * inv_freq, computed in double; R(a)R(b) = R(a + b)).
+  void ShiftKey(int32_t layer, int32_t head, int32_t slot, int32_t delta);
 
   EvictingKvManager* manager_;
   const EvictingKvManager::Planned* planned_;

@@ -42,6 +42,12 @@ struct KvGeometry {
   int32_t bytes_per_element = 4;  // float32 on the CPU
   int32_t tp_size = 1;
   int32_t num_heads_per_rank = 0;  // query heads (for attention statistics)
+  // RoPE the model applied to the stored keys (kernels::Rope, "rotate half" layout): key
+  // dims (i, i + rope_rot_dim/2) were rotated by position * rope_inv_freq[i]. Empty for
+  // models without rotary embeddings (OPT's learned positions). Lets a strategy move a
+  // stored key to another position (streaming positions=rolling).
+  std::vector<float> rope_inv_freq;  // [rope_rot_dim / 2]
+  int32_t rope_rot_dim = 0;
   // K and V bytes of one token over all layers on one rank.
   int64_t BytesPerToken() const {
     return 2LL * num_layers * kv_heads_per_rank * head_dim * bytes_per_element;

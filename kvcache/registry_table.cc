@@ -146,15 +146,19 @@ StrategyInfo H2o() {
 StrategyInfo Streaming() {
   StrategyInfo info;
   info.name = "streaming";
-  info.description = "StreamingLLM: attention sinks + recent window, prompt compressed after prefill";
+  info.description =
+      "StreamingLLM: attention sinks + recent window, prompt compressed after prefill; "
+      "positions=original keeps each key's position in the sequence, positions=rolling uses "
+      "positions in the cache (sinks 0..S-1, window next; RoPE models only)";
   info.params = {
       Param("sink_tokens", ParamType::kInt, "4", "first tokens always kept", 0, 1 << 30),
       Param("recent_size", ParamType::kInt, "2000",
             "recent window in tokens (default from kv_budget when that is given)", 0, 1 << 30),
       KvBudgetParam(),
       ChoiceParam("positions", "original",
-                  "key positions: original (as written) or rolling (cache positions; "
-                  "not supported by the model yet)",
+                  "key positions: original (each key's position in the sequence, as "
+                  "written) or rolling (positions in the cache, as StreamingLLM; sink keys "
+                  "re-rotated as tokens are evicted; RoPE models only)",
                   {"original", "rolling"}),
   };
   info.create = [](const StrategyParams& p,

@@ -56,10 +56,19 @@ int32_t StreamingPolicy::Victim(const int32_t* positions, const double*, int32_t
 absl::StatusOr<std::unique_ptr<EvictingKvManager>> CreateStreamingKvManager(
     const KvManagerContext& context, const StreamingOptions& options) {
   if (options.rolling_positions) {
-    return absl::UnimplementedError(
-        "streaming: positions=rolling needs queries rotated by their position in the cache, "
-        "which the model (engine/model.cc rotates by the token's original position) does not "
-        "support; use positions=original");
+    const KvGeometry& g = context.geometry;
+    if (g.rope_inv_freq.empty()) {
+      return absl::InvalidArgumentError(
+          "streaming: positions=rolling re-rotates stored keys and needs a model with rotary "
+          "position embeddings (RoPE); this model has none (learned positions): use "
+          "positions=original");
+    }
+    if (g.rope_rot_dim != 2 * static_cast<int64_t>(g.rope_inv_freq.size()) ||
+        g.rope_rot_dim > g.head_dim) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "streaming: positions=rolling: RoPE rotary dim ", g.rope_rot_dim, " with ",
+          g.rope_inv_freq.size(), " frequencies does not fit head_dim ", g.head_dim));
+    }
   }
   if (options.sink_tokens < 0 || options.recent_size < 0) {
     return absl::InvalidArgumentError("streaming: sink_tokens and recent_size must be >= 0");

@@ -1,6 +1,10 @@
 // streaming (StreamingLLM): exactly the sinks and the window are kept at every step, the
-// attention over them matches a plain reference, budgets from kv_budget, bad params.
+// attention over them matches a plain reference (both position policies), budgets from
+// kv_budget, bad params.
 #include "kvcache/streaming_kv_manager.h"
+
+#include <string>
+#include <tuple>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -33,10 +37,21 @@ RefRules StreamingRules(int sinks, int recent) {
   return rules;
 }
 
+// SimGeometry with RoPE frequencies of zero: positions=rolling is accepted and its key
+// re-rotation is the identity, so the harness's reference (no RoPE) still applies and the
+// kept sets are checked under the rolling policy too. (The rotation itself is checked on a
+// model in tests/serving/lossy_strategies_test.cc.)
+KvGeometry RopeSimGeometry(int tp) {
+  KvGeometry g = SimGeometry(tp);
+  g.rope_inv_freq.assign(testing::kDim / 2, 0.0f);
+  g.rope_rot_dim = testing::kDim;
+  return g;
+}
+
 std::unique_ptr<EvictingKvManager> MakeStreaming(int tp,
                                                  const std::map<std::string, std::string>& params) {
   KvManagerContext context;
-  context.geometry = SimGeometry(tp);
+  context.geometry = RopeSimGeometry(tp);
   context.kv_memory_bytes = 256 * context.geometry.BytesPerToken();
   context.max_model_len = 4096;
   auto m = CreateKvManager("streaming", params, context);
@@ -45,11 +60,14 @@ std::unique_ptr<EvictingKvManager> MakeStreaming(int tp,
   return std::unique_ptr<EvictingKvManager>(static_cast<EvictingKvManager*>(m->release()));
 }
 
-class StreamingKeepsTest : public ::testing::TestWithParam<int> {};
+class StreamingKeepsTest
+    : public ::testing::TestWithParam<std::tuple<int, std::string>> {};
 
 TEST_P(StreamingKeepsTest, ExactlySinksAndWindowAtEveryStep) {
-  const int tp = GetParam();
-  auto m = MakeStreaming(tp, {{"sink_tokens", "2"}, {"recent_size", "5"}});
+  const int tp = std::get<0>(GetParam());
+  auto m = MakeStreaming(tp, {{"sink_tokens", "2"},
+                              {"recent_size", "5"},
+                              {"positions", std::get<1>(GetParam())}});
   ASSERT_NE(m, nullptr);
   EvictingSim sim(m.get(), tp, StreamingRules(2, 5), 7);
   sim.Admit(1, 16, 30);
@@ -77,7 +95,9 @@ TEST_P(StreamingKeepsTest, ExactlySinksAndWindowAtEveryStep) {
   EXPECT_EQ(m->Usage().used_bytes, 2 * 7 * m->geometry().BytesPerToken());
 }
 
-INSTANTIATE_TEST_SUITE_P(TensorParallel, StreamingKeepsTest, ::testing::Values(1, 2));
+INSTANTIATE_TEST_SUITE_P(TensorParallelAndPositions, StreamingKeepsTest,
+                         ::testing::Combine(::testing::Values(1, 2),
+                                            ::testing::Values("original", "rolling")));
 
 TEST(StreamingTest, WindowFromKvBudget) {
   auto m = MakeStreaming(1, {{"kv_budget", "0.25"}});
@@ -104,9 +124,15 @@ TEST(StreamingTest, BadParamsAreRefused) {
   EXPECT_TRUE(absl::IsInvalidArgument(status({{"kv_budget", "2"}})));
   EXPECT_TRUE(absl::IsInvalidArgument(status({{"sink_tokens", "-1"}})));
   EXPECT_TRUE(absl::IsInvalidArgument(status({{"positions", "shifted"}})));
+  // Rolling positions re-rotate keys: refused for a model without RoPE (SimGeometry has
+  // none), or with frequencies that do not fit the head.
   const absl::Status rolling = status({{"positions", "rolling"}});
-  EXPECT_TRUE(absl::IsUnimplemented(rolling)) << rolling;
-  EXPECT_THAT(rolling.message(), HasSubstr("rolling"));
+  EXPECT_TRUE(absl::IsInvalidArgument(rolling)) << rolling;
+  EXPECT_THAT(rolling.message(), HasSubstr("RoPE"));
+  context.geometry = RopeSimGeometry(1);
+  EXPECT_TRUE(status({{"positions", "rolling"}}).ok());
+  context.geometry.rope_rot_dim = testing::kDim + 2;
+  EXPECT_TRUE(absl::IsInvalidArgument(status({{"positions", "rolling"}})));
 }
 
 }  // namespace

@@ -155,7 +155,122 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"h2o", {{"heavy_size", "1000"}, {"recent_size", "0"}}, 1},
                       Case{"h2o", {{"heavy_size", "500"}, {"recent_size", "500"}}, 2},
                       Case{"streaming", {{"sink_tokens", "4"}, {"recent_size", "1000"}}, 1},
-                      Case{"streaming", {{"kv_budget", "1"}}, 2}));
+                      Case{"streaming", {{"kv_budget", "1"}}, 2},
+                      Case{"streaming",
+                           {{"sink_tokens", "4"}, {"recent_size", "1000"}, {"positions", "rolling"}},
+                           1},
+                      Case{"streaming", {{"kv_budget", "1"}, {"positions", "rolling"}}, 2}));
+
+// streaming positions=rolling means: after evictions, the model sees the kept tokens (sinks
+// + window) as if they were the whole sequence, at positions 0, 1, ... in the cache. So each
+// decode step's logits equal those of a plain full-cache forward of the kept token sequence
+// plus the new token, fed from position 0. That holds exactly for a ONE-layer model only
+// (deeper layers' keys depend on the context that was visible when they were written, which
+// included tokens since evicted); layer-0 keys depend on the token and its RoPE only.
+// positions=original is checked to differ, so the comparison can fail.
+std::shared_ptr<const ModelWeights> OneLayerLlama(double partial_rotary, double linear_factor) {
+  auto config = PresetConfig("llama-tiny");
+  EXPECT_TRUE(config.ok()) << config.status();
+  if (!config.ok()) return nullptr;
+  config->num_layers = 1;
+  config->rope.partial_rotary_factor = partial_rotary;
+  if (linear_factor != 1.0) {
+    config->rope.type = RopeType::kLinear;
+    config->rope.factor = linear_factor;
+  }
+  auto w = SyntheticWeights(*config, 11);
+  EXPECT_TRUE(w.ok()) << w.status();
+  if (!w.ok()) return nullptr;
+  return std::make_shared<ModelWeights>(std::move(*w));
+}
+
+// Largest logit difference of each decode step (after the prompt) between `rig` and the
+// full-cache forward of the tokens `rig` keeps plus the new token, from position 0.
+std::vector<float> DiffsFromRefedKeptTokens(Rig& rig, Rig& full, int sinks, int recent,
+                                            int decode_steps) {
+  auto* m = static_cast<kvcache::EvictingKvManager*>(rig.kv.get());
+  const int64_t vocab = rig.engine->config().vocab_size;
+  std::vector<int32_t> seq = Prompt(20, 5);
+  for (int32_t& id : seq) id %= static_cast<int32_t>(vocab);
+  EXPECT_TRUE(m->Admit(kvcache::SeqRequest{1, seq, decode_steps + 1}).ok());
+  std::vector<float> diffs;
+  int32_t next = 0;
+  int64_t ref_id = 100;
+  for (int step = 0; step <= decode_steps; ++step) {
+    std::vector<int32_t> kept_ids;  // the kept tokens before this step, in order
+    if (step > 0) {
+      std::vector<int32_t> held = m->HeldPositions(1, 0, 0);
+      std::sort(held.begin(), held.end());
+      // The kept set is exactly the sinks and the window.
+      const int length = static_cast<int>(seq.size()) - 1;  // tokens before the new one
+      std::vector<int32_t> expected;
+      for (int p = 0; p < length; ++p) {
+        if (p < sinks || p >= length - recent) expected.push_back(p);
+      }
+      EXPECT_EQ(held, expected) << "step " << step;
+      for (int32_t p : held) kept_ids.push_back(seq[p]);
+    }
+    SeqInput in = step == 0 ? SeqInput{1, seq, 0, false}
+                            : SeqInput{1, absl::MakeConstSpan(&next, 1),
+                                       static_cast<int32_t>(seq.size()) - 1, false};
+    auto a = Step(rig, {in});
+    EXPECT_TRUE(a.ok()) << a.status();
+    if (!a.ok()) return {1e9f};
+    if (step > 0) {
+      kept_ids.push_back(next);
+      auto b = Step(full, {SeqInput{ref_id++, kept_ids, 0, false}});
+      EXPECT_TRUE(b.ok()) << b.status();
+      if (!b.ok()) return {1e9f};
+      diffs.push_back(MaxDiff(*a, *b));
+    }
+    const float* row = a->Row(0);
+    next = static_cast<int32_t>(std::max_element(row, row + a->vocab_size) - row);
+    seq.push_back(next);
+  }
+  return diffs;
+}
+
+TEST(LossyStrategiesTest, StreamingRollingEqualsRefeedingTheKeptTokens) {
+  struct Rope {
+    double partial, factor;
+  };
+  for (const Rope& rope : {Rope{1.0, 1.0}, Rope{0.5, 2.0}}) {
+    SCOPED_TRACE(::testing::Message() << "partial_rotary " << rope.partial << " linear factor "
+                                      << rope.factor);
+    auto weights = OneLayerLlama(rope.partial, rope.factor);
+    ASSERT_NE(weights, nullptr);
+    for (int tp : {1, 2}) {
+      const std::map<std::string, std::string> params = {
+          {"sink_tokens", "3"}, {"recent_size", "6"}, {"positions", "rolling"}};
+      Rig rolling = MakeRig(weights, "streaming", params, 4 << 20, tp);
+      Rig full = MakeRig(weights, "", {}, 0, tp);
+      ASSERT_TRUE(rolling.engine && full.engine);
+      const std::vector<float> diffs = DiffsFromRefedKeptTokens(rolling, full, 3, 6, 16);
+      ASSERT_EQ(diffs.size(), 16u);
+      for (size_t i = 0; i < diffs.size(); ++i) {
+        EXPECT_LE(diffs[i], 1e-4f) << "tp " << tp << " decode step " << i + 1;
+      }
+    }
+    // positions=original keeps the same tokens but at their original distances: the sinks'
+    // logits contribution differs from the re-fed sequence.
+    Rig original = MakeRig(weights, "streaming", {{"sink_tokens", "3"}, {"recent_size", "6"}},
+                           4 << 20, 1);
+    Rig full = MakeRig(weights, "", {}, 0, 1);
+    ASSERT_TRUE(original.engine && full.engine);
+    const std::vector<float> diffs = DiffsFromRefedKeptTokens(original, full, 3, 6, 16);
+    EXPECT_GT(*std::max_element(diffs.begin(), diffs.end()), 1e-3f);
+  }
+}
+
+TEST(LossyStrategiesTest, StreamingRollingIsRefusedWithoutRope) {
+  auto config = PresetConfig("opt-tiny");
+  ASSERT_TRUE(config.ok());
+  kvcache::KvManagerContext context{KvGeometryFor(*config, 1), 4 << 20, 512};
+  auto kv = kvcache::CreateKvManager("streaming", {{"positions", "rolling"}}, context);
+  EXPECT_TRUE(absl::IsInvalidArgument(kv.status())) << kv.status();
+  EXPECT_NE(kv.status().message().find("RoPE"), std::string::npos) << kv.status();
+  EXPECT_TRUE(kvcache::CreateKvManager("streaming", {}, context).ok());
+}
 
 TEST(LossyStrategiesTest, H2oEvictionIsIndependentOfTensorParallelism) {
   KVSCOPE_REQUIRE_SHARED(dir, kModel);
