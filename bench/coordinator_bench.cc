@@ -329,7 +329,7 @@ class GatedWorkerService final : public v1::WorkerService::Service {
   }
   grpc::Status Heartbeat(grpc::ServerContext* ctx, const v1::HeartbeatRequest* req,
                          v1::HeartbeatResponse* resp) override {
-    return inner_.Heartbeat(ctx, req, resp);
+    return inner_.HandleHeartbeat(*ctx, req, resp);
   }
   grpc::Status AcquireTrials(grpc::ServerContext* ctx, const v1::AcquireTrialsRequest* req,
                              v1::AcquireTrialsResponse* resp) override {

@@ -27,6 +27,7 @@
 #include <mutex>
 #include <set>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -281,6 +282,9 @@ class Coordinator::Impl {
   }
   // Adds what the heartbeats and progress reports left in memory to `op`.
   void FlushSoftState(Op* op);
+  // Moves the renewals and liveness recorded by Heartbeat into leases_ and workers_.
+  // Called with mu_ held before anything reads them.
+  void FoldHeartbeats();
   absl::Status StaleError(int64_t attempt_id);
   ExperimentInfo MakeInfo(const Experiment& e) const;
   static ExperimentState Derive(const Experiment& e);
@@ -305,6 +309,20 @@ class Coordinator::Impl {
   std::set<int32_t> dirty_experiments_;            // versions newer than the store's
   int64_t next_attempt_id_ = 1;
   int64_t next_worker_seq_ = 1;
+
+  // Heartbeats take hb_mu_ only, never mu_, so that they do not queue behind the calls
+  // that change trials (docs/benchmarks.md, "Coordinator throughput"). Lock order: mu_,
+  // then hb_mu_. The owner map mirrors leases_ and the worker set mirrors workers_; both
+  // are changed only with mu_ and hb_mu_ held.
+  struct Stamp {
+    int64_t nanos = 0;  // on clock_
+    double unix_s = 0;
+  };
+  std::mutex hb_mu_;
+  std::unordered_set<std::string> hb_workers_;
+  std::unordered_map<int64_t, std::string> hb_lease_owner_;
+  std::unordered_map<int64_t, Stamp> hb_renewed_;      // attempt -> latest renewal
+  std::unordered_map<std::string, Stamp> hb_heard_;    // worker -> latest heartbeat
 
   // Group commit. commit_mu_ is taken after mu_ (never the other way round) or alone.
   std::mutex commit_mu_;
@@ -375,6 +393,33 @@ void Coordinator::Impl::ReleaseLease(int64_t attempt_id) {
   auto w = workers_.find(it->second.worker_id);
   if (w != workers_.end()) w->second.attempts.erase(attempt_id);
   leases_.erase(it);
+  std::lock_guard<std::mutex> hb_lock(hb_mu_);
+  hb_lease_owner_.erase(attempt_id);
+  hb_renewed_.erase(attempt_id);
+}
+
+void Coordinator::Impl::FoldHeartbeats() {
+  std::unordered_map<int64_t, Stamp> renewed;
+  std::unordered_map<std::string, Stamp> heard;
+  {
+    std::lock_guard<std::mutex> hb_lock(hb_mu_);
+    renewed.swap(hb_renewed_);
+    heard.swap(hb_heard_);
+  }
+  for (const auto& [id, stamp] : heard) {
+    auto w = workers_.find(id);
+    if (w == workers_.end() || stamp.nanos < w->second.last_heard_nanos) continue;
+    w->second.heard = true;
+    w->second.last_heard_nanos = stamp.nanos;
+    w->second.last_heartbeat_unix_s = stamp.unix_s;
+    w->second.heartbeat_dirty = true;
+  }
+  for (const auto& [attempt, stamp] : renewed) {
+    auto lease = leases_.find(attempt);
+    if (lease == leases_.end() || stamp.nanos < lease->second.renewed_nanos) continue;
+    lease->second.renewed_nanos = stamp.nanos;
+    lease->second.renewed_unix_s = stamp.unix_s;
+  }
 }
 
 ExperimentState Coordinator::Impl::Derive(const Experiment& e) {
@@ -541,6 +586,10 @@ absl::Status Coordinator::Impl::Load() {
     w.registered_unix_s = row.registered_unix_s;
     w.last_heartbeat_unix_s = row.last_heartbeat_unix_s;
     next_worker_seq_ = std::max(next_worker_seq_, row.seq + 1);
+    {
+      std::lock_guard<std::mutex> hb_lock(hb_mu_);
+      hb_workers_.insert(w.id);
+    }
     workers_.emplace(w.id, std::move(w));
   }
   // Every open lease gets a fresh full period, so its worker has time to reconnect.
@@ -562,6 +611,10 @@ absl::Status Coordinator::Impl::Load() {
     lease.renewed_unix_s = now_unix_s;
     auto w = workers_.find(row.worker_id);
     if (w != workers_.end()) w->second.attempts.insert(row.id);
+    {
+      std::lock_guard<std::mutex> hb_lock(hb_mu_);
+      hb_lease_owner_[row.id] = row.worker_id;
+    }
     leases_.emplace(row.id, std::move(lease));
   }
   KVSCOPE_ASSIGN_OR_RETURN(int64_t max_attempt, store_->MaxAttemptId());
@@ -779,6 +832,7 @@ absl::Status Coordinator::Impl::CancelLocked(const std::string& id, int64_t* tic
 
 absl::StatusOr<std::vector<WorkerInfo>> Coordinator::Impl::ListWorkers() {
   std::lock_guard<std::mutex> lock(mu_);
+  FoldHeartbeats();
   const int64_t now = clock_->NowNanos();
   std::vector<const Worker*> sorted;
   for (const auto& [id, w] : workers_) sorted.push_back(&w);
@@ -830,6 +884,8 @@ absl::StatusOr<std::string> Coordinator::Impl::RegisterWorkerLocked(
     fresh.id = absl::StrCat("w", fresh.seq);
     fresh.registered_unix_s = op.now_unix_s;
     w = &workers_.emplace(fresh.id, std::move(fresh)).first->second;
+    std::lock_guard<std::mutex> hb_lock(hb_mu_);
+    hb_workers_.insert(w->id);
   }
   WorkerRow row;
   row.id = w->id;
@@ -854,27 +910,20 @@ absl::StatusOr<std::string> Coordinator::Impl::RegisterWorkerLocked(
 
 absl::StatusOr<HeartbeatReply> Coordinator::Impl::Heartbeat(
     const std::string& worker_id, const std::vector<int64_t>& running_attempts) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = workers_.find(worker_id);
-  if (it == workers_.end()) {
+  const Stamp now{clock_->NowNanos(), WallNow()};
+  std::lock_guard<std::mutex> lock(hb_mu_);  // not mu_: see hb_mu_
+  if (hb_workers_.count(worker_id) == 0) {
     return absl::NotFoundError(absl::StrCat("unknown worker ", worker_id, "; register again"));
   }
-  Worker& w = it->second;
-  const int64_t now = clock_->NowNanos();
-  const double now_unix_s = WallNow();
-  w.heard = true;
-  w.last_heard_nanos = now;
-  w.last_heartbeat_unix_s = now_unix_s;
-  w.heartbeat_dirty = true;
+  hb_heard_[worker_id] = now;
   HeartbeatReply reply;
   for (int64_t a : running_attempts) {
-    auto lease = leases_.find(a);
-    if (lease == leases_.end() || lease->second.worker_id != worker_id) {
+    auto owner = hb_lease_owner_.find(a);
+    if (owner == hb_lease_owner_.end() || owner->second != worker_id) {
       reply.stop_attempts.push_back(a);
       continue;
     }
-    lease->second.renewed_nanos = now;
-    lease->second.renewed_unix_s = now_unix_s;
+    hb_renewed_[a] = now;
   }
   return reply;
 }
@@ -994,6 +1043,10 @@ absl::StatusOr<std::vector<TrialAssignment>> Coordinator::Impl::AcquireTrialsLoc
     a.lease_seconds = options_.lease_seconds;
     out.push_back(std::move(a));
     w.attempts.insert(lease.attempt_id);
+    {
+      std::lock_guard<std::mutex> hb_lock(hb_mu_);
+      hb_lease_owner_[lease.attempt_id] = worker_id;
+    }
     leases_.emplace(lease.attempt_id, std::move(lease));
   }
   if (out.empty()) return out;
@@ -1178,6 +1231,7 @@ absl::Status Coordinator::Impl::ExpireLeasesLocked(int64_t* ticket) {
   KVSCOPE_RETURN_IF_ERROR(CheckUsable());
   const int64_t now = clock_->NowNanos();
   const auto period = static_cast<int64_t>(options_.lease_seconds * 1e9);
+  FoldHeartbeats();
   Op op;
   std::vector<Lease> expired;
   for (const auto& [id, lease] : leases_) {

@@ -89,7 +89,7 @@ absl::Status TokenAuthenticator::Check(TokenKind required,
 }
 
 absl::Status TokenAuthenticator::Check(TokenKind required,
-                                       const grpc::ServerContext& context) const {
+                                       const grpc::ServerContextBase& context) const {
   if (open(required)) return absl::OkStatus();
   const auto& metadata = context.client_metadata();
   auto it = metadata.find("authorization");

@@ -18,7 +18,7 @@
 #include "absl/status/statusor.h"
 
 namespace grpc {
-class ServerContext;
+class ServerContextBase;
 }  // namespace grpc
 
 namespace kvscope::coordinator {
@@ -35,7 +35,7 @@ class TokenAuthenticator {
   // PermissionDenied: a valid token of the other kind. Messages say how to fix.
   absl::Status Check(TokenKind required, const std::optional<std::string>& authorization) const;
   // Reads the metadata from a server call.
-  absl::Status Check(TokenKind required, const grpc::ServerContext& context) const;
+  absl::Status Check(TokenKind required, const grpc::ServerContextBase& context) const;
 
   // No token of this kind configured: its service accepts every caller.
   bool open(TokenKind kind) const;

@@ -186,10 +186,18 @@ grpc::Status WorkerServiceImpl::Register(grpc::ServerContext* context,
   return grpc::Status::OK;
 }
 
-grpc::Status WorkerServiceImpl::Heartbeat(grpc::ServerContext* context,
-                                          const v1::HeartbeatRequest* request,
-                                          v1::HeartbeatResponse* response) {
-  KVSCOPE_GRPC_RETURN_IF_ERROR(auth_->Check(TokenKind::kWorker, *context));
+grpc::ServerUnaryReactor* WorkerServiceImpl::Heartbeat(grpc::CallbackServerContext* context,
+                                                       const v1::HeartbeatRequest* request,
+                                                       v1::HeartbeatResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(HandleHeartbeat(*context, request, response));
+  return reactor;
+}
+
+grpc::Status WorkerServiceImpl::HandleHeartbeat(const grpc::ServerContextBase& context,
+                                                const v1::HeartbeatRequest* request,
+                                                v1::HeartbeatResponse* response) {
+  KVSCOPE_GRPC_RETURN_IF_ERROR(auth_->Check(TokenKind::kWorker, context));
   KVSCOPE_GRPC_RETURN_IF_ERROR(CheckId(request->worker_id(), "worker_id"));
   const std::vector<int64_t> running(request->running_attempts().begin(),
                                      request->running_attempts().end());
