@@ -123,6 +123,7 @@ struct BenchFlags {
   double quality_sample_rate = -1;  // < 0: 1 for lossy strategies, 0 otherwise
   int64_t quality_steps = 0;        // 0: the request's output length, capped at 64
   std::string perplexity_text;
+  std::string calibration_text;
 };
 
 absl::Status ApplyFlags(const FlagSet& flags, const BenchFlags& f, engine::BenchConfig* c) {
@@ -277,6 +278,25 @@ absl::StatusOr<int> Run(engine::BenchConfig c, const BenchFlags& f) {
 
   kvcache::KvManagerContext context{engine::KvGeometryFor(mc, c.tp), c.kv_memory_bytes,
                                     c.scheduler.max_model_len};
+  if (!f.calibration_text.empty()) {
+    std::ifstream in(f.calibration_text);
+    std::stringstream text;
+    if (!in || !(text << in.rdbuf())) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("cannot read --calibration-text ", f.calibration_text));
+    }
+    if (model.tokenizer == nullptr) {
+      return absl::InvalidArgumentError(
+          "--calibration-text needs a model with a tokenizer (presets calibrate on seeded "
+          "random prompts: strategy params calibration_tokens, calibration_seed)");
+    }
+    KVSCOPE_ASSIGN_OR_RETURN(std::vector<int32_t> ids, model.tokenizer->Encode(text.str()));
+    if (ids.size() < 2) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--calibration-text ", f.calibration_text, " has fewer than 2 tokens"));
+    }
+    context.calibration_ids = std::make_shared<const std::vector<int32_t>>(std::move(ids));
+  }
   KVSCOPE_ASSIGN_OR_RETURN(std::unique_ptr<kvcache::KvManager> kv,
                            kvcache::CreateKvManager(c.strategy, c.strategy_params, context));
   int64_t smallest = INT64_MAX;
@@ -434,6 +454,9 @@ int RunBench(const std::vector<std::string>& args) {
             "teacher-forced steps per checked request (default: output length, at most 64)");
   flags.String("perplexity-text", &f.perplexity_text,
                "text file whose perplexity is reported under the strategy and the full cache");
+  flags.String("calibration-text", &f.calibration_text,
+               "text file for strategies calibrated offline (infinigen's skewing SVD); "
+               "default: a seeded random prompt");
   flags.String("progress-file", &f.progress_file,
                "rewrite FILE (atomically) with {\"requests_done\",\"requests_total\","
                "\"elapsed_s\"} as the run progresses");

@@ -147,8 +147,17 @@ absl::Status PrepareInfinigen(const ModelWeights& weights, kvcache::KvCache& cac
   auto* ig = dynamic_cast<kvcache::InfinigenKvCache*>(&cache);
   if (ig == nullptr || ig->skew() != nullptr) return absl::OkStatus();
   kvcache::InfinigenKvManager& manager = ig->manager();
-  const std::vector<int32_t> prompt = CalibrationPrompt(
-      weights.config, manager.options().calibration_tokens, manager.options().calibration_seed);
+  const auto& text = manager.options().calibration_ids;
+  std::vector<int32_t> prompt;
+  if (text != nullptr && !text->empty()) {
+    // The reference calibrates on the first tokens of a text (2048 of a PG-19 book).
+    const size_t n = std::min<size_t>(
+        text->size(), static_cast<size_t>(std::max<int64_t>(2, weights.config.max_position_embeddings)));
+    prompt.assign(text->begin(), text->begin() + static_cast<std::ptrdiff_t>(n));
+  } else {
+    prompt = CalibrationPrompt(weights.config, manager.options().calibration_tokens,
+                               manager.options().calibration_seed);
+  }
   KVSCOPE_ASSIGN_OR_RETURN(kvcache::InfinigenSkew skew,
                            CalibrateInfinigen(weights, prompt, manager.partial_dim()));
   return manager.SetSkew(std::make_shared<const kvcache::InfinigenSkew>(std::move(skew)));

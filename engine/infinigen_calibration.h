@@ -35,8 +35,9 @@ absl::StatusOr<kvcache::InfinigenSkew> CalibrateInfinigen(const ModelWeights& we
                                                           int32_t partial_dim);
 
 // If `cache` is an InfinigenKvCache whose manager has no skewing matrices yet, calibrates on
-// the manager's seeded random prompt (options calibration_tokens / calibration_seed) and
-// sets them. Other caches: nothing to do.
+// the manager's calibration text (options calibration_ids: its first tokens, up to the
+// model's context) or else its seeded random prompt (calibration_tokens / calibration_seed)
+// and sets them. Other caches: nothing to do.
 absl::Status PrepareInfinigen(const ModelWeights& weights, kvcache::KvCache& cache);
 
 }  // namespace kvscope::engine

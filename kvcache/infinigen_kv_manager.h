@@ -57,6 +57,9 @@ struct InfinigenOptions {
   double host_capacity = 1.0;          // host pool limit per (layer, head); 1 = none
   int32_t calibration_tokens = 256;    // seeded random calibration prompt (engine/)
   uint64_t calibration_seed = 0;
+  // A calibration text's token ids (KvManagerContext::calibration_ids); when set, the
+  // skewing is calibrated on its first tokens (up to the model's context) instead.
+  std::shared_ptr<const std::vector<int32_t>> calibration_ids;
   int32_t dense_layers = 2;           // first layers that always read their full KV (>= 1)
   int32_t mass_sample_interval = 8;    // measure captured attention mass every N-th decode
                                        // step of a sequence; 0 = never

@@ -60,6 +60,9 @@ struct KvManagerContext {
   KvGeometry geometry;
   int64_t kv_memory_bytes = 0;  // device KV budget per rank
   int64_t max_model_len = 0;    // longest sequence (prompt + output) served
+  // Token ids of a calibration text, for strategies calibrated offline (infinigen's
+  // skewing); null: their seeded random prompt. Shared and never modified.
+  std::shared_ptr<const std::vector<int32_t>> calibration_ids;
 };
 
 // A sequence as the scheduler knows it.

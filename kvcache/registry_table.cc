@@ -228,6 +228,7 @@ StrategyInfo Infinigen() {
     options.host_capacity = p.Double("host_capacity");
     options.calibration_tokens = static_cast<int32_t>(p.Int("calibration_tokens"));
     options.calibration_seed = static_cast<uint64_t>(p.Int("calibration_seed"));
+    options.calibration_ids = context.calibration_ids;
     options.mass_sample_interval = static_cast<int32_t>(p.Int("mass_sample_interval"));
     options.dense_layers = static_cast<int32_t>(p.Int("dense_layers"));
     auto manager = InfinigenKvManager::Create(context, options);

@@ -114,6 +114,10 @@ TEST(BenchCliTest, BadConfigsAreRejectedBeforeAnyWork) {
       {base + "--kv-memory lots", "64MiB"},
       {base + "--dataset trace --trace " + dir + "/trace.jsonl", "trace.jsonl:2"},
       {"bench --out " + dir + "/out", "model"},
+      {base + "--strategy infinigen --calibration-text " + dir + "/none.txt",
+       "cannot read --calibration-text"},
+      {base + "--strategy infinigen --calibration-text " + dir + "/trace.jsonl",
+       "needs a model with a tokenizer"},
   };
   for (const Case& c : cases) {
     Outcome o = Kvscope(c.args);

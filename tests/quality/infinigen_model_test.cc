@@ -16,6 +16,7 @@
 #include "engine/quality.h"
 #include "engine/weights.h"
 #include "gtest/gtest.h"
+#include "kvcache/infinigen_kv_cache.h"
 #include "kvcache/registry.h"
 #include "tests/test_util.h"
 
@@ -144,6 +145,32 @@ struct Case {
   const char* preset;
   int tp;
 };
+
+// A calibration text given through the context (kvscope bench --calibration-text) is what
+// the skewing is calibrated on; without one, the seeded random prompt is.
+TEST(InfinigenModelTest, CalibrationTextFromTheContextIsUsed) {
+  auto w = Synthetic("llama-tiny", 7);
+  ASSERT_NE(w, nullptr);
+  const auto text = std::make_shared<const std::vector<int32_t>>(Ids(40, w->config.vocab_size, 9));
+  auto skew_of = [&](std::shared_ptr<const std::vector<int32_t>> ids) {
+    kvcache::KvManagerContext ctx{KvGeometryFor(w->config, 1), 16LL << 20,
+                                  w->config.max_position_embeddings};
+    ctx.calibration_ids = std::move(ids);
+    auto m = kvcache::CreateKvManager("infinigen", {{"calibration_tokens", "32"}}, ctx);
+    EXPECT_TRUE(m.ok()) << m.status();
+    std::unique_ptr<kvcache::KvCache> cache = (*m)->CreateRankCache(0);
+    EXPECT_TRUE(PrepareInfinigen(*w, *cache).ok());
+    auto* ig = dynamic_cast<kvcache::InfinigenKvCache*>(cache.get());
+    EXPECT_NE(ig, nullptr);
+    EXPECT_NE(ig->skew(), nullptr);
+    return ig->skew()->a;
+  };
+  auto direct = CalibrateInfinigen(*w, *text, static_cast<int32_t>(0.2 * w->config.head_dim));
+  ASSERT_TRUE(direct.ok()) << direct.status();
+  const std::vector<float> from_text = skew_of(text);
+  EXPECT_EQ(from_text, direct->a);
+  EXPECT_NE(skew_of(nullptr), from_text);
+}
 
 TEST(InfinigenModelTest, HugeAlphaAndFullBudgetEqualFullCache) {
   for (const Case& c : {Case{"llama-tiny", 1}, Case{"llama-tiny", 2}, Case{"opt-tiny", 1}}) {
