@@ -62,7 +62,7 @@ struct KvManagerContext {
   int64_t max_model_len = 0;    // longest sequence (prompt + output) served
   // Token ids of a calibration text, for strategies calibrated offline (infinigen's
   // skewing); null: their seeded random prompt. Shared and never modified.
-  std::shared_ptr<const std::vector<int32_t>> calibration_ids;
+  std::shared_ptr<const std::vector<int32_t>> calibration_ids = nullptr;
 };
 
 // A sequence as the scheduler knows it.
