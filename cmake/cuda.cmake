@@ -13,6 +13,10 @@ if(NOT KVSCOPE_CUDA STREQUAL "OFF")
       set(CMAKE_CUDA_ARCHITECTURES 80 90)
     endif()
     enable_language(CUDA)
+    # C++17 for device code: CMake 3.25 does not know nvcc's C++20 flag. Headers that .cu
+    # files include (kernels/, common/dtype.h, Abseil) stay C++17-clean.
+    set(CMAKE_CUDA_STANDARD 17)
+    set(CMAKE_CUDA_STANDARD_REQUIRED ON)
     find_package(CUDAToolkit REQUIRED)
     set(KVSCOPE_WITH_CUDA 1)
     find_library(KVSCOPE_NCCL_LIBRARY nccl HINTS ${CUDAToolkit_LIBRARY_DIR} /usr/lib/x86_64-linux-gnu)
