@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kvcache/infinigen_kv_cache.h"
+#include "kvcache/plan_check.h"
 
 namespace kvscope::kvcache {
 namespace {
@@ -182,26 +183,8 @@ int32_t InfinigenKvManager::NumTokens(int64_t seq_id) const {
 }
 
 absl::StatusOr<const StepPlan*> InfinigenKvManager::Plan(absl::Span<const SeqStep> steps) {
-  const uint64_t stamp = ++plan_stamp_;
-  for (const SeqStep& step : steps) {
-    auto it = seqs_.find(step.seq_id);
-    if (it == seqs_.end()) {
-      return absl::InvalidArgumentError(absl::StrCat("sequence ", step.seq_id, " is not admitted"));
-    }
-    Seq& s = *it->second;
-    if (s.stamp == stamp) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("sequence ", step.seq_id, " appears twice in the step"));
-    }
-    s.stamp = stamp;
-    if (step.num_new_tokens < 1 || step.start_position != s.planned_length ||
-        step.start_position + step.num_new_tokens > s.length) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("sequence ", step.seq_id, ": step computes ", step.num_new_tokens,
-                       " tokens from position ", step.start_position, " but ", s.planned_length,
-                       " tokens were computed and ", s.length, " appended"));
-    }
-  }
+  KVSCOPE_RETURN_IF_ERROR(
+      CheckPlanSteps(steps, seqs_, ++plan_stamp_, StepExtent::kPrefix));
   Planned& p = planned_;
   p.plan.steps.assign(steps.begin(), steps.end());
   p.plan.new_slots.clear();
