@@ -460,14 +460,7 @@ int RunBench(const std::vector<std::string>& args) {
   flags.String("progress-file", &f.progress_file,
                "rewrite FILE (atomically) with {\"requests_done\",\"requests_total\","
                "\"elapsed_s\"} as the run progresses");
-  if (absl::Status s = flags.Parse(args, nullptr); !s.ok()) {
-    std::fprintf(stderr, "%s\n", std::string(s.message()).c_str());
-    return 2;
-  }
-  if (flags.help_requested()) {
-    std::fputs(flags.Help().c_str(), stdout);
-    return 0;
-  }
+  if (std::optional<int> code = flags.ParseOrExitCode(args, nullptr)) return *code;
   // Ctrl-C from here on stops the run cleanly (during set-up: before any request starts).
   g_stop.store(false);
   g_first_sigint_ns.store(0);

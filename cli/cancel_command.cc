@@ -16,14 +16,7 @@ int RunCancel(const std::vector<std::string>& args) {
   ClientFlags client_flags;
   AddClientFlags(&flags, &client_flags);
   std::vector<std::string> positional;
-  if (absl::Status s = flags.Parse(args, &positional); !s.ok()) {
-    std::fprintf(stderr, "%s\n", std::string(s.message()).c_str());
-    return 2;
-  }
-  if (flags.help_requested()) {
-    std::fputs(flags.Help().c_str(), stdout);
-    return 0;
-  }
+  if (std::optional<int> code = flags.ParseOrExitCode(args, &positional)) return *code;
   if (positional.size() != 1) {
     std::fprintf(stderr, "kvscope cancel: give one experiment id (`kvscope status` lists them)\n");
     return 2;

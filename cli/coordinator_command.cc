@@ -70,14 +70,7 @@ int RunCoordinator(const std::vector<std::string>& args) {
   flags.Int("max-attempts", &max_attempts, "attempts per trial when the sweep sets none");
   flags.Int("max-message-bytes", &max_message_bytes, "largest gRPC message accepted");
   std::vector<std::string> positional;
-  if (absl::Status s = flags.Parse(args, &positional); !s.ok()) {
-    std::fprintf(stderr, "%s\n", std::string(s.message()).c_str());
-    return 2;
-  }
-  if (flags.help_requested()) {
-    std::fputs(flags.Help().c_str(), stdout);
-    return 0;
-  }
+  if (std::optional<int> code = flags.ParseOrExitCode(args, &positional)) return *code;
   if (!positional.empty()) {
     std::fprintf(stderr, "kvscope coordinator: unexpected argument '%s'\n",
                  positional[0].c_str());

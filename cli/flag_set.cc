@@ -1,6 +1,7 @@
 #include "cli/flag_set.h"
 
 #include <cmath>
+#include <cstdio>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -67,6 +68,19 @@ void FlagSet::StringList(const std::string& name, std::vector<std::string>* valu
 absl::Status FlagSet::Error(const std::string& message) const {
   return absl::InvalidArgumentError(
       absl::StrCat(command_, ": ", message, " (see '", command_, " --help')"));
+}
+
+std::optional<int> FlagSet::ParseOrExitCode(const std::vector<std::string>& args,
+                                            std::vector<std::string>* positional) {
+  if (absl::Status s = Parse(args, positional); !s.ok()) {
+    std::fprintf(stderr, "%s\n", std::string(s.message()).c_str());
+    return 2;
+  }
+  if (help_requested_) {
+    std::fputs(Help().c_str(), stdout);
+    return 0;
+  }
+  return std::nullopt;
 }
 
 absl::Status FlagSet::Parse(const std::vector<std::string>& args,

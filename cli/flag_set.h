@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -32,6 +33,12 @@ class FlagSet {
   // Parses args (the words after the subcommand). Positional words go to `positional`
   // (an error if null). InvalidArgument names the flag and says how to get help.
   absl::Status Parse(const std::vector<std::string>& args, std::vector<std::string>* positional);
+
+  // Parse() as a subcommand's entry point uses it: on a bad flag prints the message to
+  // stderr and returns 2; on --help prints Help() to stdout and returns 0; otherwise
+  // nullopt, and the command goes on.
+  std::optional<int> ParseOrExitCode(const std::vector<std::string>& args,
+                                     std::vector<std::string>* positional);
 
   bool help_requested() const { return help_requested_; }
   bool IsSet(const std::string& name) const;

@@ -177,14 +177,7 @@ int RunGenerate(const std::vector<std::string>& args) {
   flags.Int("weights-seed", &f.weights_seed, "seed of a preset's random weights");
   flags.Int("threads", &f.threads, "CPU threads over all ranks; 0 = every core");
   flags.Bool("ignore-eos", &f.ignore_eos, "keep generating after an end-of-sequence token");
-  if (absl::Status s = flags.Parse(args, nullptr); !s.ok()) {
-    std::fprintf(stderr, "%s\n", std::string(s.message()).c_str());
-    return 2;
-  }
-  if (flags.help_requested()) {
-    std::fputs(flags.Help().c_str(), stdout);
-    return 0;
-  }
+  if (std::optional<int> code = flags.ParseOrExitCode(args, nullptr)) return *code;
   absl::Status status = Run(f);
   if (!status.ok()) {
     std::fflush(stdout);

@@ -25,14 +25,7 @@ int RunReport(const std::vector<std::string>& args) {
                 "Prints the runs written by `kvscope bench --out DIR` side by side: strategy,\n"
                 "throughput, latency, KV memory, preemptions and quality.");
   std::vector<std::string> dirs;
-  if (absl::Status s = flags.Parse(args, &dirs); !s.ok()) {
-    std::fprintf(stderr, "%s\n", std::string(s.message()).c_str());
-    return 2;
-  }
-  if (flags.help_requested()) {
-    std::fputs(flags.Help().c_str(), stdout);
-    return 0;
-  }
+  if (std::optional<int> code = flags.ParseOrExitCode(args, &dirs)) return *code;
   if (dirs.empty()) {
     std::fprintf(stderr, "kvscope report: give one or more result directories\n");
     return 2;

@@ -57,14 +57,7 @@ int RunRun(const std::vector<std::string>& args) {
   flags.String("group-by", &group_by, "comma-separated axes to group the table by");
   flags.String("format", &format, "table or csv");
   std::vector<std::string> positional;
-  if (absl::Status s = flags.Parse(args, &positional); !s.ok()) {
-    std::fprintf(stderr, "%s\n", std::string(s.message()).c_str());
-    return 2;
-  }
-  if (flags.help_requested()) {
-    std::fputs(flags.Help().c_str(), stdout);
-    return 0;
-  }
+  if (std::optional<int> code = flags.ParseOrExitCode(args, &positional)) return *code;
   if (positional.size() != 1) {
     std::fprintf(stderr, "kvscope run: give exactly one sweep file (e.g. examples/quickstart.yaml)\n");
     return 2;

@@ -10,14 +10,7 @@ int RunStrategies(const std::vector<std::string>& args) {
   FlagSet flags("kvscope strategies", "",
                 "Lists the KV-cache strategies (--strategy NAME) and their parameters\n"
                 "(--strategy-param KEY=VALUE).");
-  if (absl::Status s = flags.Parse(args, nullptr); !s.ok()) {
-    std::fprintf(stderr, "%s\n", std::string(s.message()).c_str());
-    return 2;
-  }
-  if (flags.help_requested()) {
-    std::fputs(flags.Help().c_str(), stdout);
-    return 0;
-  }
+  if (std::optional<int> code = flags.ParseOrExitCode(args, nullptr)) return *code;
   for (const kvcache::StrategyInfo& s : kvcache::RegisteredStrategies()) {
     std::printf("%s: %s\n", s.name.c_str(), s.description.c_str());
     for (const kvcache::ParamSpec& p : s.params) {

@@ -80,14 +80,7 @@ int RunSubmit(const std::vector<std::string>& args) {
   bool wait = false;
   flags.Bool("wait", &wait, "wait until every trial has finished");
   std::vector<std::string> positional;
-  if (absl::Status s = flags.Parse(args, &positional); !s.ok()) {
-    std::fprintf(stderr, "%s\n", std::string(s.message()).c_str());
-    return 2;
-  }
-  if (flags.help_requested()) {
-    std::fputs(flags.Help().c_str(), stdout);
-    return 0;
-  }
+  if (std::optional<int> code = flags.ParseOrExitCode(args, &positional)) return *code;
   if (positional.size() != 1) {
     std::fprintf(stderr, "kvscope submit: give exactly one sweep file (see examples/)\n");
     return 2;

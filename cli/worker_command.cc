@@ -68,14 +68,7 @@ int RunWorker(const std::vector<std::string>& args) {
                    "folder of models counts each model inside)");
   flags.Int("max-trials", &max_trials, "trials run at once");
   flags.Double("backoff-max", &backoff_max, "longest wait between reconnection attempts, seconds");
-  if (absl::Status s = flags.Parse(args, nullptr); !s.ok()) {
-    std::fprintf(stderr, "%s\n", std::string(s.message()).c_str());
-    return 2;
-  }
-  if (flags.help_requested()) {
-    std::fputs(flags.Help().c_str(), stdout);
-    return 0;
-  }
+  if (std::optional<int> code = flags.ParseOrExitCode(args, nullptr)) return *code;
   if (target.empty()) {
     std::fprintf(stderr, "kvscope worker: --coordinator HOST:PORT is required\n");
     return 2;

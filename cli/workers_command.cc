@@ -19,14 +19,7 @@ int RunWorkers(const std::vector<std::string>& args) {
   ClientFlags client_flags;
   AddClientFlags(&flags, &client_flags);
   std::vector<std::string> positional;
-  if (absl::Status s = flags.Parse(args, &positional); !s.ok()) {
-    std::fprintf(stderr, "%s\n", std::string(s.message()).c_str());
-    return 2;
-  }
-  if (flags.help_requested()) {
-    std::fputs(flags.Help().c_str(), stdout);
-    return 0;
-  }
+  if (std::optional<int> code = flags.ParseOrExitCode(args, &positional)) return *code;
   if (!positional.empty()) {
     std::fprintf(stderr, "kvscope workers: takes no arguments\n");
     return 2;
