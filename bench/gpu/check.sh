@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# bench/gpu/check.sh: every GPU test and GPU benchmark of kvscope in one call on the GPU
+# machine, with the PyTorch peers measured in the same call, ending in a short table.
+#
+#   bash bench/gpu/check.sh build [BUILD_DIR]   # here (no GPU needed): Release build for
+#                                               # sm_80 and sm_90, packed with gpu-bundle
+#                                               # into BUILD_DIR/bundle (default build-gpu)
+#   bash bench/gpu/check.sh run [BUNDLE_DIR]    # on the GPU machine, logs under $OUT
+#
+# From a session with a device, carry the bundle with the call:
+#   run(command="bash bench/gpu/check.sh run build-gpu/bundle", carry=["build-gpu/bundle"])
+# `run` exits non-zero when any GPU test fails or crashes; benchmarks and the sanitizer
+# report in the table. Step timeouts keep the whole call inside about 8 minutes.
+set -uo pipefail
+here=$(cd "$(dirname "$0")/../.." && pwd)
+mode=${1:-}
+
+die() { echo "check.sh: $*" >&2; exit 2; }
+
+build() {
+  local dir=${1:-build-gpu}
+  local shared=${KVSCOPE_SHARED_DIR:-$here/../shared}
+  cmake -S "$here" -B "$here/$dir" -G Ninja -DCMAKE_BUILD_TYPE=Release -DKVSCOPE_CUDA=ON \
+    -DCMAKE_CUDA_ARCHITECTURES="80;90" -DKVSCOPE_BUILD_TESTS=ON -DKVSCOPE_BUILD_BENCH=ON \
+    ${CMAKE_EXTRA:-} || die "cmake failed"
+  # Every target named gpu_*_tests or gpu_*_bench, whatever exists at this commit.
+  mapfile -t targets < <(ninja -C "$here/$dir" -t targets all |
+    sed -n 's/^\(gpu_[a-z0-9_]*_\(tests\|bench\)\): phony$/\1/p' | sort -u)
+  [ ${#targets[@]} -gt 0 ] || die "no gpu_*_tests or gpu_*_bench targets (CUDA not found?)"
+  ninja -C "$here/$dir" -j "$(nproc)" "${targets[@]}" || die "build failed"
+  local bundle="$here/$dir/bundle"
+  rm -rf "$bundle"
+  local bins=()
+  for t in "${targets[@]}"; do
+    bins+=("$(find "$here/$dir" -name "$t" -type f -perm -u+x | head -1)")
+  done
+  bash "$shared/tools/gpu-bundle" "$bundle" "${bins[@]}" || die "gpu-bundle failed"
+  # The tiny model and the HF fixtures travel with the bundle (never committed).
+  mkdir -p "$bundle/shared/models"
+  cp -r "$shared/models/tinystories-656k" "$bundle/shared/models/" 2>/dev/null || true
+  cp -r "$shared/fixtures" "$shared/data" "$bundle/shared/" 2>/dev/null || true
+  cp "$here/bench/gpu/torch_peers.py" "$bundle/"
+  printf '%s\n' "${targets[@]}" > "$bundle/targets.txt"
+  du -sh "$bundle"
+  echo "bundle ready: carry $dir/bundle and run: bash bench/gpu/check.sh run $dir/bundle"
+}
+
+run() {
+  export PATH="$PATH:/usr/local/cuda/bin"
+  local bundle=${1:-build-gpu/bundle}
+  [ -d "$bundle" ] || die "no bundle at $bundle (build it here first: check.sh build)"
+  bundle=$(cd "$bundle" && pwd)
+  local out=${OUT:-$here/out/gpu-check}
+  mkdir -p "$out"
+  export KVSCOPE_SHARED_DIR="$bundle/shared"
+  local table="$out/table.tsv"
+  : > "$table"
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem \
+    --format=csv > "$out/gpu.txt" 2>&1
+  local card
+  card=$(sed -n 2p "$out/gpu.txt")
+  echo "# $(date -u +%F) card: $card" | tee -a "$table"
+  local failed=0
+  # 1. GPU tests, each binary with a timeout.
+  while read -r t; do
+    case "$t" in *_tests) ;; *) continue ;; esac
+    local log="$out/$t.log"
+    timeout 240 "$bundle/run" "$t" --gtest_output="json:$out/$t.json" > "$log" 2>&1
+    local rc=$?
+    local passed skipped failed_n
+    passed=$(grep -c '^\[       OK \]' "$log")
+    skipped=$(grep -c '^\[  SKIPPED \] [A-Za-z]' "$log")
+    failed_n=$(grep -c '^\[  FAILED  \] [A-Za-z].*(' "$log")
+    printf 'test\t%s\trc=%s\tpassed=%s\tfailed=%s\tskipped=%s\n' "$t" "$rc" "$passed" \
+      "$failed_n" "$skipped" | tee -a "$table"
+    grep '^\[  FAILED  \] [A-Za-z].*(' "$log" | head -20
+    [ "$rc" -eq 0 ] || failed=1
+  done < "$bundle/targets.txt"
+  # 2. compute-sanitizer memcheck and racecheck over the kernel tests.
+  if command -v compute-sanitizer > /dev/null && grep -qx gpu_kernels_tests "$bundle/targets.txt"; then
+    for tool in memcheck racecheck; do
+      local log="$out/sanitizer-$tool.log"
+      # `run` execs the binary, so the sanitizer follows it (--target-processes all).
+      timeout 150 compute-sanitizer --tool "$tool" --target-processes all --report-api-errors no --error-exitcode 99 \
+        "$bundle/run" gpu_kernels_tests --gtest_filter="${SANITIZER_FILTER:-*}" > "$log" 2>&1
+      local rc=$?
+      printf 'sanitizer\t%s\trc=%s\t%s\n' "$tool" "$rc" \
+        "$(grep -m1 -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$log")" | tee -a "$table"
+    done
+  fi
+  # 3. kvscope's GPU benchmarks (TSV rows on stdout).
+  while read -r t; do
+    case "$t" in *_bench) ;; *) continue ;; esac
+    timeout 120 "$bundle/run" "$t" > "$out/$t.log" 2>&1
+    echo "# $t rc=$?" >> "$table"
+    grep -v '^#' "$out/$t.log" | grep -P '\t' | sed 's/^/kvscope\t/' | tee -a "$table"
+  done < "$bundle/targets.txt"
+  # 4. The PyTorch peers in the same call.
+  if command -v python3 > /dev/null; then
+    timeout ${TORCH_TIMEOUT:-180} python3 "$bundle/torch_peers.py" --json "$out/torch.json" \
+      ${TORCH_ARGS:-} > "$out/torch.log" 2>&1
+    echo "# torch_peers rc=$?" >> "$table"
+    grep -P '^torch\t' "$out/torch.log" | tee -a "$table"
+  fi
+  echo
+  echo "==== kvscope GPU check ($card) ===="
+  column -t -s $'\t' "$table"
+  return $failed
+}
+
+case "$mode" in
+  build) shift; build "$@" ;;
+  run) shift; run "$@" ;;
+  *) die "usage: check.sh build [BUILD_DIR] | check.sh run [BUNDLE_DIR]" ;;
+esac
