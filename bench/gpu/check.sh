@@ -4,11 +4,14 @@
 #
 #   bash bench/gpu/check.sh build [BUILD_DIR]   # here (no GPU needed): Release build for
 #                                               # sm_80 and sm_90, packed with gpu-bundle
-#                                               # into BUILD_DIR/bundle (default build-gpu)
-#   bash bench/gpu/check.sh run [BUNDLE_DIR]    # on the GPU machine, logs under $OUT
+#                                               # into BUILD_DIR/bundle and bundle.tar.xz
+#                                               # (default build-gpu)
+#   bash bench/gpu/check.sh run [BUNDLE]        # on the GPU machine (the .tar.xz or the
+#                                               # unpacked folder), logs under $OUT
 #
-# From a session with a device, carry the bundle with the call:
-#   run(command="bash bench/gpu/check.sh run build-gpu/bundle", carry=["build-gpu/bundle"])
+# From a session with a device, carry the archive with the call:
+#   run(command="bash bench/gpu/check.sh run build-gpu/bundle.tar.xz",
+#       carry=["build-gpu/bundle.tar.xz"])
 # `run` exits non-zero when any GPU test fails or crashes; benchmarks and the sanitizer
 # report in the table. Step timeouts keep the whole call inside about 8 minutes.
 set -uo pipefail
@@ -42,12 +45,21 @@ build() {
   cp "$here/bench/gpu/torch_peers.py" "$bundle/"
   printf '%s\n' "${targets[@]}" > "$bundle/targets.txt"
   du -sh "$bundle"
-  echo "bundle ready: carry $dir/bundle and run: bash bench/gpu/check.sh run $dir/bundle"
+  # The device call carries at most 64 MiB: ship one compressed archive (about 20 MB).
+  tar -C "$here/$dir" -cf - bundle | xz -T0 -3 > "$here/$dir/bundle.tar.xz" || die "tar failed"
+  du -sh "$here/$dir/bundle.tar.xz"
+  echo "bundle ready: carry $dir/bundle.tar.xz and run: bash bench/gpu/check.sh run $dir/bundle.tar.xz"
 }
 
 run() {
   export PATH="$PATH:/usr/local/cuda/bin"
-  local bundle=${1:-build-gpu/bundle}
+  local bundle=${1:-build-gpu/bundle.tar.xz}
+  if [ -f "$bundle" ]; then  # the archive check.sh build made: unpack it first
+    local unpack
+    unpack=$(mktemp -d)
+    tar -C "$unpack" -xJf "$bundle" || die "cannot unpack $bundle"
+    bundle="$unpack/bundle"
+  fi
   [ -d "$bundle" ] || die "no bundle at $bundle (build it here first: check.sh build)"
   bundle=$(cd "$bundle" && pwd)
   local out=${OUT:-$here/out/gpu-check}
@@ -68,9 +80,12 @@ run() {
     timeout 240 "$bundle/run" "$t" --gtest_output="json:$out/$t.json" > "$log" 2>&1
     local rc=$?
     local passed skipped failed_n
-    passed=$(grep -c '^\[       OK \]' "$log")
-    skipped=$(grep -c '^\[  SKIPPED \] [A-Za-z]' "$log")
-    failed_n=$(grep -c '^\[  FAILED  \] [A-Za-z].*(' "$log")
+    # gtest's closing summary: "[  PASSED  ] N tests.", "[  SKIPPED ] N tests, listed
+    # below:", "N FAILED TESTS" (absent lines mean 0).
+    passed=$(sed -n 's/^\[  PASSED  \] \([0-9]*\) tests\?\.$/\1/p' "$log" | tail -1)
+    skipped=$(sed -n 's/^\[  SKIPPED \] \([0-9]*\) tests\?, listed below:$/\1/p' "$log" | tail -1)
+    failed_n=$(sed -n 's/^ *\([0-9]*\) FAILED TESTS\?$/\1/p' "$log" | tail -1)
+    passed=${passed:-0}; skipped=${skipped:-0}; failed_n=${failed_n:-0}
     printf 'test\t%s\trc=%s\tpassed=%s\tfailed=%s\tskipped=%s\n' "$t" "$rc" "$passed" \
       "$failed_n" "$skipped" | tee -a "$table"
     grep '^\[  FAILED  \] [A-Za-z].*(' "$log" | head -20
@@ -111,5 +126,5 @@ run() {
 case "$mode" in
   build) shift; build "$@" ;;
   run) shift; run "$@" ;;
-  *) die "usage: check.sh build [BUILD_DIR] | check.sh run [BUNDLE_DIR]" ;;
+  *) die "usage: check.sh build [BUILD_DIR] | check.sh run [BUNDLE]" ;;
 esac
