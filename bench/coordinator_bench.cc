@@ -7,12 +7,19 @@
 //                                 [--db-dir DIR] [--channels 0] [--transport grpc|inproc]
 //                                 [--max-trials 1] [--progress] [--timeout 600]
 //                                 [--active-workers N] [--target-rate R] [--idle 3]
-//                                 [--tcp shared|per-worker] [--gate K]
+//                                 [--tcp shared|per-worker] [--gate K] [--calls one|two]
+//                                 [--client threads|callback]
 //
 // Each simulated worker is two threads: one heartbeats on a fixed schedule (first beats
-// staggered over one interval) naming the attempts the worker holds, the other acquires one
+// staggered over one interval) naming the attempts the worker holds, the other takes one
 // trial (--max-trials) and reports it succeeded at once, like a worker daemon with one slot
-// whose trials take no time. The coordinator's once-a-second ExpireLeases runs as in
+// whose trials take no time. With --calls one (the default, as the worker daemon) each
+// report also asks for the next trial, so a worker makes one call per trial and calls
+// AcquireTrials only when it holds nothing; --calls two is AcquireTrials + ReportResult.
+// --client callback (the default) runs the trial loops without a thread per worker: each
+// worker's next call is issued from its previous reply's callback (gRPC's callback API), so
+// 200 loops cost a few of gRPC's threads instead of 200 threads woken once per call;
+// --client threads gives each loop its own thread making blocking calls. The coordinator's once-a-second ExpireLeases runs as in
 // `kvscope coordinator`. Heartbeats run alone for --idle seconds, then the sweep starts.
 //
 // Connections: --channels 0 gives every worker its own ConnectToCoordinator connection (its
@@ -40,6 +47,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -107,6 +115,18 @@ struct BenchOptions {
   // Experiment for a proposed server fix: > 0 serves the WorkerService through a wrapper that
   // lets at most `gate` calls other than Heartbeat run at once (heartbeats never wait).
   int32_t gate = 0;
+  // "one": each result report also asks for the worker's next trial (ReportResult with
+  // max_next_trials, as the worker daemon does), so a busy worker makes one call per trial;
+  // AcquireTrials only when it holds nothing. "two": AcquireTrials then ReportResult per
+  // trial (the protocol before the piggy-backed assignment).
+  std::string calls = "one";
+  // How the simulated workers' trial loops run. "threads": one thread per worker making
+  // blocking calls. "callback": no thread per worker; each loop is a chain of gRPC
+  // callback-API calls, the next call issued from the previous reply's callback (a worker
+  // still has one call in flight at a time, on its own channel). Heartbeats always run on
+  // a thread per worker with blocking calls. callback needs --transport grpc and no
+  // --target-rate.
+  std::string client = "callback";
 };
 
 void Usage() {
@@ -115,7 +135,8 @@ void Usage() {
                "                         [--db-dir DIR] [--channels K] [--transport grpc|inproc]\n"
                "                         [--max-trials N] [--progress] [--timeout S]\n"
                "                         [--active-workers N] [--target-rate R] [--idle S]\n"
-               "                         [--tcp shared|per-worker] [--gate K]\n");
+               "                         [--tcp shared|per-worker] [--gate K] [--calls one|two]\n"
+               "                         [--client threads|callback]\n");
 }
 
 // --name value or --name=value.
@@ -163,6 +184,10 @@ bool ParseFlags(int argc, char** argv, BenchOptions* o) {
         o->gate = std::stoi(value);
       } else if (arg == "--tcp") {
         o->tcp = value;
+      } else if (arg == "--client") {
+        o->client = value;
+      } else if (arg == "--calls") {
+        o->calls = value;
       } else if (arg == "--idle") {
         o->idle_s = std::stod(value);
       } else {
@@ -177,10 +202,13 @@ bool ParseFlags(int argc, char** argv, BenchOptions* o) {
   }
   if (o->workers < 1 || o->trials < 1 || !(o->heartbeat_interval_s > 0) || o->channels < 0 ||
       o->max_trials < 1 || (o->transport != "grpc" && o->transport != "inproc") ||
-      (o->tcp != "shared" && o->tcp != "per-worker")) {
+      (o->tcp != "shared" && o->tcp != "per-worker") ||
+      (o->calls != "one" && o->calls != "two") ||
+      (o->client != "threads" && o->client != "callback")) {
     std::fprintf(stderr, "coordinator_bench: --workers, --trials, --heartbeat-interval and "
                          "--max-trials must be positive; --transport grpc or inproc; "
-                         "--tcp shared or per-worker\n");
+                         "--tcp shared or per-worker; --calls one or two; --client threads or "
+                         "callback\n");
     return false;
   }
   return true;
@@ -215,6 +243,11 @@ class InProcessConnection final : public worker::CoordinatorConnection {
   absl::Status ReportResult(const std::string& worker_id, int64_t attempt_id,
                             const coordinator::ResultReport& report) override {
     return c_->ReportResult(worker_id, attempt_id, report);
+  }
+  absl::StatusOr<std::vector<coordinator::TrialAssignment>> ReportResultAndAcquire(
+      const std::string& worker_id, int64_t attempt_id, const coordinator::ResultReport& report,
+      int32_t max_next_trials) override {
+    return c_->ReportResultAndAcquire(worker_id, attempt_id, report, max_next_trials);
   }
 
  private:
@@ -295,6 +328,11 @@ class OwnTcpConnection final : public worker::CoordinatorConnection {
   }
   absl::Status ReportResult(const std::string& worker_id, int64_t attempt_id,
                             const coordinator::ResultReport& report) override {
+    return ReportResultAndAcquire(worker_id, attempt_id, report, 0).status();
+  }
+  absl::StatusOr<std::vector<coordinator::TrialAssignment>> ReportResultAndAcquire(
+      const std::string& worker_id, int64_t attempt_id, const coordinator::ResultReport& report,
+      int32_t max_next_trials) override {
     v1::ReportResultRequest request;
     request.set_worker_id(worker_id);
     request.set_attempt_id(attempt_id);
@@ -302,11 +340,18 @@ class OwnTcpConnection final : public worker::CoordinatorConnection {
     request.set_error(report.error);
     if (!report.result.is_null()) request.set_result_json(coordinator::DumpJson(report.result));
     request.set_requests_jsonl(report.requests_jsonl);
+    request.set_max_next_trials(max_next_trials);
     v1::ReportResultResponse response;
     grpc::ClientContext context;
     coordinator::PrepareCall(&context, "", 10);
-    return coordinator::FromGrpcStatus(stub_->ReportResult(&context, request, &response),
-                                       peer_);
+    absl::Status st =
+        coordinator::FromGrpcStatus(stub_->ReportResult(&context, request, &response), peer_);
+    if (!st.ok()) return st;
+    std::vector<coordinator::TrialAssignment> out;
+    for (const v1::TrialAssignment& a : response.next_assignments()) {
+      out.push_back(coordinator::FromProto(a));
+    }
+    return out;
   }
 
  private:
@@ -325,7 +370,7 @@ class GatedWorkerService final : public v1::WorkerService::Service {
   grpc::Status Register(grpc::ServerContext* ctx, const v1::RegisterRequest* req,
                         v1::RegisterResponse* resp) override {
     Slot slot(this);
-    return inner_.Register(ctx, req, resp);
+    return Wait([&](Done done) { inner_.HandleRegister(*ctx, req, resp, std::move(done)); });
   }
   grpc::Status Heartbeat(grpc::ServerContext* ctx, const v1::HeartbeatRequest* req,
                          v1::HeartbeatResponse* resp) override {
@@ -334,20 +379,39 @@ class GatedWorkerService final : public v1::WorkerService::Service {
   grpc::Status AcquireTrials(grpc::ServerContext* ctx, const v1::AcquireTrialsRequest* req,
                              v1::AcquireTrialsResponse* resp) override {
     Slot slot(this);
-    return inner_.AcquireTrials(ctx, req, resp);
+    return Wait([&](Done done) { inner_.HandleAcquireTrials(*ctx, req, resp, std::move(done)); });
   }
   grpc::Status ReportProgress(grpc::ServerContext* ctx, const v1::ReportProgressRequest* req,
                               v1::ReportProgressResponse* resp) override {
     Slot slot(this);
-    return inner_.ReportProgress(ctx, req, resp);
+    return Wait(
+        [&](Done done) { inner_.HandleReportProgress(*ctx, req, resp, std::move(done)); });
   }
   grpc::Status ReportResult(grpc::ServerContext* ctx, const v1::ReportResultRequest* req,
                             v1::ReportResultResponse* resp) override {
     Slot slot(this);
-    return inner_.ReportResult(ctx, req, resp);
+    return Wait([&](Done done) { inner_.HandleReportResult(*ctx, req, resp, std::move(done)); });
   }
 
  private:
+  using Done = coordinator::WorkerServiceImpl::Done;
+  // Runs an asynchronous handler and blocks this (synchronous-pool) thread until it is done.
+  template <typename F>
+  static grpc::Status Wait(F start) {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool finished = false;
+    grpc::Status result;
+    start([&](grpc::Status st) {
+      std::lock_guard<std::mutex> lock(mu);
+      result = std::move(st);
+      finished = true;
+      cv.notify_one();
+    });
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return finished; });
+    return result;
+  }
   struct Slot {
     explicit Slot(GatedWorkerService* g) : g(g) {
       std::unique_lock<std::mutex> lock(g->mu_);
@@ -413,7 +477,7 @@ struct Shared {
   std::mutex mu;
   std::condition_variable cv;  // go, stop, completion
   Samples heartbeat_during, heartbeat_idle, heartbeat_all, acquire, acquire_empty, progress,
-      report;
+      report, report_and_acquire;
   std::atomic<int64_t> paced_slot{0};    // --target-rate: next acquire slot (ns since pace0)
   SteadyClock::time_point pace0;
   std::mutex cpu_mu;
@@ -515,38 +579,48 @@ void WorkLoop(SimWorker* w, Shared* s) {
       o.target_rate > 0 ? static_cast<int64_t>(1e9 / o.target_rate * o.max_trials) : 0;
   coordinator::ResultReport ok;
   ok.succeeded = true;
+  const bool one_call = o.calls == "one";
+  // Leased and not yet reported: from AcquireTrials, or from the last report's reply.
+  std::vector<coordinator::TrialAssignment> got;
+  // Waits for the pace slot of one acquisition (--target-rate); false when the sweep ended.
+  auto pace = [&]() {
+    if (slot_ns <= 0) return true;
+    const int64_t slot = s->paced_slot.fetch_add(slot_ns);
+    std::this_thread::sleep_until(s->pace0 + std::chrono::nanoseconds(slot));
+    return !s->stop.load() && s->completed.load() < o.trials;
+  };
   while (!s->stop.load() && s->completed.load() < o.trials) {
-    if (slot_ns > 0) {  // paced: one acquire per slot across all workers
-      const int64_t slot = s->paced_slot.fetch_add(slot_ns);
-      std::this_thread::sleep_until(s->pace0 + std::chrono::nanoseconds(slot));
-      if (s->stop.load() || s->completed.load() >= o.trials) break;
-    }
-    const auto t0 = SteadyClock::now();
-    AtomicMin(&s->first_acquire_ns, t0.time_since_epoch().count());
-    absl::StatusOr<std::vector<coordinator::TrialAssignment>> got =
-        w->conn->AcquireTrials(w->id, o.max_trials);
-    const auto t1 = SteadyClock::now();
-    if (!got.ok()) {
-      s->errors.Add("AcquireTrials", got.status());
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-      continue;
-    }
-    if (got->empty()) {
-      s->acquire_empty.Add(Ms(t1 - t0));
-      // As the daemon: wait acquire_interval_seconds, or until the sweep is done.
-      std::unique_lock<std::mutex> lock(s->mu);
-      s->cv.wait_for(lock, std::chrono::duration<double>(o.acquire_poll_s), [&] {
-        return s->stop.load() || s->completed.load() >= o.trials;
-      });
-      continue;
-    }
-    s->acquire.Add(Ms(t1 - t0));
-    s->assigned.fetch_add(static_cast<int64_t>(got->size()));
-    {
+    if (got.empty()) {
+      if (!pace()) break;
+      const auto t0 = SteadyClock::now();
+      AtomicMin(&s->first_acquire_ns, t0.time_since_epoch().count());
+      absl::StatusOr<std::vector<coordinator::TrialAssignment>> acquired =
+          w->conn->AcquireTrials(w->id, o.max_trials);
+      const auto t1 = SteadyClock::now();
+      if (!acquired.ok()) {
+        s->errors.Add("AcquireTrials", acquired.status());
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        continue;
+      }
+      if (acquired->empty()) {
+        s->acquire_empty.Add(Ms(t1 - t0));
+        // As the daemon: wait acquire_interval_seconds, or until the sweep is done.
+        std::unique_lock<std::mutex> lock(s->mu);
+        s->cv.wait_for(lock, std::chrono::duration<double>(o.acquire_poll_s), [&] {
+          return s->stop.load() || s->completed.load() >= o.trials;
+        });
+        continue;
+      }
+      s->acquire.Add(Ms(t1 - t0));
+      got = *std::move(acquired);
+      s->assigned.fetch_add(static_cast<int64_t>(got.size()));
       std::lock_guard<std::mutex> lock(w->mu);
-      for (const auto& a : *got) w->held.push_back(a.attempt_id);
+      for (const auto& a : got) w->held.push_back(a.attempt_id);
     }
-    for (const coordinator::TrialAssignment& a : *got) {
+    std::vector<coordinator::TrialAssignment> batch = std::move(got);
+    got.clear();
+    for (size_t i = 0; i < batch.size(); ++i) {
+      const coordinator::TrialAssignment& a = batch[i];
       if (o.progress) {
         const auto p0 = SteadyClock::now();
         absl::Status st = w->conn->ReportProgress(w->id, a.attempt_id, 0, 1, 0.0);
@@ -557,18 +631,29 @@ void WorkLoop(SimWorker* w, Shared* s) {
         }
       }
       ok.result = {{"summary", {{"ok", true}}}, {"trial", a.trial_id}};
+      // The last report of a batch frees every slot: it asks for the next batch.
+      const int32_t want = one_call && i + 1 == batch.size() ? o.max_trials : 0;
+      if (want > 0 && !pace()) break;
       const auto r0 = SteadyClock::now();
-      absl::Status st = w->conn->ReportResult(w->id, a.attempt_id, ok);
+      absl::StatusOr<std::vector<coordinator::TrialAssignment>> next =
+          w->conn->ReportResultAndAcquire(w->id, a.attempt_id, ok, want);
       const auto r1 = SteadyClock::now();
       {
         std::lock_guard<std::mutex> lock(w->mu);
         w->held.erase(std::remove(w->held.begin(), w->held.end(), a.attempt_id), w->held.end());
+        if (next.ok()) {
+          for (const auto& n : *next) w->held.push_back(n.attempt_id);
+        }
       }
-      if (!st.ok()) {
-        s->errors.Add("ReportResult", st);
+      if (!next.ok()) {
+        s->errors.Add("ReportResult", next.status());
         continue;
       }
-      s->report.Add(Ms(r1 - r0));
+      if (!next->empty()) {
+        s->assigned.fetch_add(static_cast<int64_t>(next->size()));
+        got = *std::move(next);
+      }
+      (want > 0 ? s->report_and_acquire : s->report).Add(Ms(r1 - r0));
       AtomicMax(&s->last_result_ns, r1.time_since_epoch().count());
       if (s->completed.fetch_add(1) + 1 == o.trials) {
         std::lock_guard<std::mutex> lock(s->mu);
@@ -577,7 +662,161 @@ void WorkLoop(SimWorker* w, Shared* s) {
       }
     }
   }
+  // Trials leased by the last replies after the sweep ended are left to expire.
 }
+
+// --client callback: one simulated worker's trial loop as a chain of callback-API calls on
+// its own stub. At most one call of a loop is in flight; its callback issues the next.
+// A loop with nothing to do (an empty AcquireTrials, or a failed call) goes idle until the
+// re-poll thread restarts it, as the daemon polls every acquire_interval_seconds.
+class AsyncWorkLoop {
+ public:
+  AsyncWorkLoop(SimWorker* w, Shared* s, std::shared_ptr<grpc::Channel> channel)
+      : w_(w), s_(s), stub_(v1::WorkerService::NewStub(std::move(channel))) {}
+
+  // Starts the loop with AcquireTrials (the loop must be idle).
+  void Start() {
+    idle_.store(false);
+    Acquire();
+  }
+  bool idle() const { return idle_.load(); }
+  // Calls in flight across all loops (wait for 0 before tearing down channels).
+  static std::atomic<int64_t>& InFlight() {
+    static std::atomic<int64_t> n{0};
+    return n;
+  }
+
+ private:
+  struct AcquireCall {
+    grpc::ClientContext context;
+    v1::AcquireTrialsRequest request;
+    v1::AcquireTrialsResponse response;
+    SteadyClock::time_point t0;
+  };
+  struct ReportCall {
+    grpc::ClientContext context;
+    v1::ReportResultRequest request;
+    v1::ReportResultResponse response;
+    SteadyClock::time_point t0;
+    int64_t attempt_id = 0;
+    bool asked_next = false;
+  };
+
+  bool Ended() const { return s_->stop.load() || s_->completed.load() >= s_->options->trials; }
+
+  // Counts the CPU this callback used towards the simulated workers.
+  struct CountCpu {
+    Shared* s;
+    double t0 = ThreadCpuSeconds();
+    ~CountCpu() {
+      const double used = ThreadCpuSeconds() - t0;
+      std::lock_guard<std::mutex> lock(s->cpu_mu);
+      s->client_cpu_s += used;
+    }
+  };
+
+  void GoIdle() { idle_.store(true); }
+
+  void Acquire() {
+    if (Ended()) return GoIdle();
+    auto call = std::make_shared<AcquireCall>();
+    call->request.set_worker_id(w_->id);
+    call->request.set_max_trials(s_->options->max_trials);
+    coordinator::PrepareCall(&call->context, "", 10);
+    call->t0 = SteadyClock::now();
+    AtomicMin(&s_->first_acquire_ns, call->t0.time_since_epoch().count());
+    InFlight().fetch_add(1);
+    stub_->async()->AcquireTrials(&call->context, &call->request, &call->response,
+                                  [this, call](grpc::Status status) {
+                                    OnAcquired(call.get(), status);
+                                    InFlight().fetch_sub(1);
+                                  });
+  }
+
+  void OnAcquired(AcquireCall* call, const grpc::Status& status) {
+    CountCpu cpu{s_};
+    const auto t1 = SteadyClock::now();
+    if (!status.ok()) {
+      s_->errors.Add("AcquireTrials", coordinator::FromGrpcStatus(status, "coordinator"));
+      return GoIdle();
+    }
+    if (call->response.assignments().empty()) {
+      s_->acquire_empty.Add(Ms(t1 - call->t0));
+      return GoIdle();
+    }
+    s_->acquire.Add(Ms(t1 - call->t0));
+    Take(call->response.assignments());
+    Report();
+  }
+
+  void Take(const google::protobuf::RepeatedPtrField<v1::TrialAssignment>& assignments) {
+    s_->assigned.fetch_add(assignments.size());
+    std::lock_guard<std::mutex> lock(w_->mu);
+    for (const v1::TrialAssignment& a : assignments) {
+      held_.push_back({a.attempt_id(), a.trial_id()});
+      w_->held.push_back(a.attempt_id());
+    }
+  }
+
+  void Report() {
+    if (s_->stop.load()) return GoIdle();
+    std::pair<int64_t, std::string> next = held_.front();
+    held_.pop_front();
+    auto call = std::make_shared<ReportCall>();
+    call->attempt_id = next.first;
+    // The last report of a batch frees every slot: it asks for the next batch.
+    call->asked_next = s_->options->calls == "one" && held_.empty();
+    call->request.set_worker_id(w_->id);
+    call->request.set_attempt_id(next.first);
+    call->request.set_succeeded(true);
+    call->request.set_result_json(coordinator::DumpJson(
+        nlohmann::json{{"summary", {{"ok", true}}}, {"trial", next.second}}));
+    call->request.set_max_next_trials(call->asked_next ? s_->options->max_trials : 0);
+    coordinator::PrepareCall(&call->context, "", 10);
+    call->t0 = SteadyClock::now();
+    InFlight().fetch_add(1);
+    stub_->async()->ReportResult(&call->context, &call->request, &call->response,
+                                 [this, call](grpc::Status status) {
+                                   OnReported(call.get(), status);
+                                   InFlight().fetch_sub(1);
+                                 });
+  }
+
+  void OnReported(ReportCall* call, const grpc::Status& status) {
+    CountCpu cpu{s_};
+    const auto t1 = SteadyClock::now();
+    {
+      std::lock_guard<std::mutex> lock(w_->mu);
+      w_->held.erase(std::remove(w_->held.begin(), w_->held.end(), call->attempt_id),
+                     w_->held.end());
+    }
+    if (!status.ok()) {
+      s_->errors.Add("ReportResult", coordinator::FromGrpcStatus(status, "coordinator"));
+    } else {
+      (call->asked_next ? s_->report_and_acquire : s_->report).Add(Ms(t1 - call->t0));
+      AtomicMax(&s_->last_result_ns, t1.time_since_epoch().count());
+      if (s_->completed.fetch_add(1) + 1 == s_->options->trials) {
+        std::lock_guard<std::mutex> lock(s_->mu);
+        s_->sweep_end_ns.store(t1.time_since_epoch().count());
+        s_->cv.notify_all();
+      }
+      if (!call->response.next_assignments().empty()) Take(call->response.next_assignments());
+    }
+    if (!held_.empty()) return Report();
+    if (call->asked_next && status.ok() && !Ended()) {
+      // Asked and got nothing: nothing pending now; wait for the re-poll like the daemon.
+      return GoIdle();
+    }
+    if (s_->options->calls == "two" && !Ended()) return Acquire();
+    GoIdle();
+  }
+
+  SimWorker* const w_;
+  Shared* const s_;
+  std::unique_ptr<v1::WorkerService::Stub> stub_;
+  std::deque<std::pair<int64_t, std::string>> held_;  // attempt id, trial id; loop-owned
+  std::atomic<bool> idle_{true};
+};
 
 coordinator::Sweep MakeSweep(int64_t trials) {
   coordinator::Sweep sweep;
@@ -832,6 +1071,10 @@ int Run(const BenchOptions& o) {
 
   // Heartbeats start now, staggered over one interval.
   std::vector<std::thread> threads;
+  // The callback client needs gRPC and unpaced loops; otherwise the loops run on threads.
+  const bool callback_client =
+      o.client == "callback" && o.transport == "grpc" && o.target_rate <= 0;
+  std::vector<std::unique_ptr<AsyncWorkLoop>> loops;
   const auto hb0 = SteadyClock::now();
   for (int32_t i = 0; i < o.workers; ++i) {
     const auto first = hb0 + std::chrono::duration_cast<SteadyClock::duration>(
@@ -839,7 +1082,46 @@ int Run(const BenchOptions& o) {
                                                                o.workers));
     threads.emplace_back(HeartbeatLoop, workers[i].get(), &s, first);
     const int32_t active = o.active_workers < 0 ? o.workers : o.active_workers;
-    if (i < active) threads.emplace_back(WorkLoop, workers[i].get(), &s);
+    if (i < active && !callback_client) threads.emplace_back(WorkLoop, workers[i].get(), &s);
+    if (i < active && callback_client) {
+      std::shared_ptr<grpc::Channel> channel;
+      if (o.tcp == "per-worker") {
+        grpc::ChannelArguments args;
+        args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+        channel = grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(port),
+                                            grpc::InsecureChannelCredentials(), args);
+      } else {
+        coordinator::ChannelOptions c;
+        c.target = "127.0.0.1:" + std::to_string(port);
+        channel = *coordinator::MakeChannel(c);
+      }
+      loops.push_back(std::make_unique<AsyncWorkLoop>(workers[i].get(), &s, std::move(channel)));
+    }
+  }
+  // --client callback: restarts idle loops every acquire poll interval (as the daemon asks
+  // for trials every acquire_interval_seconds) until the sweep ends.
+  std::thread repoller;
+  if (callback_client) {
+    repoller = std::thread([&] {
+      {
+        std::unique_lock<std::mutex> lock(s.mu);
+        s.cv.wait(lock, [&] { return s.go.load() || s.stop.load(); });
+      }
+      for (auto& loop : loops) loop->Start();
+      while (true) {
+        {
+          std::unique_lock<std::mutex> lock(s.mu);
+          if (s.cv.wait_for(lock, std::chrono::duration<double>(o.acquire_poll_s), [&] {
+                return s.stop.load() || s.completed.load() >= o.trials;
+              })) {
+            return;
+          }
+        }
+        for (auto& loop : loops) {
+          if (loop->idle()) loop->Start();
+        }
+      }
+    });
   }
 
   const auto sub0 = SteadyClock::now();
@@ -852,6 +1134,7 @@ int Run(const BenchOptions& o) {
     s.stop = true;
     s.cv.notify_all();
     for (auto& t : threads) t.join();
+    if (repoller.joinable()) repoller.join();
     expirer.join();
     prober.join();
     return 1;
@@ -899,6 +1182,11 @@ int Run(const BenchOptions& o) {
     s.cv.notify_all();
   }
   for (auto& t : threads) t.join();
+  if (repoller.joinable()) repoller.join();
+  // Callback loops: no call may be in flight when their stubs go.
+  for (int i = 0; i < 1000 && AsyncWorkLoop::InFlight().load() > 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
   expirer.join();
   prober.join();
 
@@ -907,13 +1195,14 @@ int Run(const BenchOptions& o) {
                                               s.first_acquire_ns.load()) * 1e-9;
   const int64_t done = s.completed.load();
 
-  std::printf("coordinator_bench: %d workers (%s%s, %d connection%s%s), %lld trials, heartbeat "
-              "every %.2f s, store %s\n",
+  std::printf("coordinator_bench: %d workers (%s%s, %d connection%s%s), %lld trials, %s call%s "
+              "per trial, %s client, heartbeat every %.2f s, store %s\n",
               o.workers, o.transport.c_str(),
               o.gate > 0 ? (" gated " + std::to_string(o.gate)).c_str() : "", nconn,
               nconn == 1 ? "" : "s",
               connections >= 0 ? (", " + std::to_string(connections) + " TCP").c_str() : "",
-              static_cast<long long>(o.trials), o.heartbeat_interval_s, dir.c_str());
+              static_cast<long long>(o.trials), o.calls.c_str(), o.calls == "one" ? "" : "s",
+              callback_client ? "callback" : "threads", o.heartbeat_interval_s, dir.c_str());
   std::printf("  load average before %s, after %s\n", load_before.c_str(), load_after.c_str());
   std::printf("  register %d workers    %8.2f s\n", o.workers, register_s);
   std::printf("  submit %lld trials     %8.2f s\n", static_cast<long long>(o.trials), submit_s);
@@ -925,8 +1214,9 @@ int Run(const BenchOptions& o) {
   const double per_trial = done > 0 ? 1e6 / static_cast<double>(done) : 0.0;
   std::printf("  process CPU             %8.2f s  (%.2f cores busy; %.0f us per trial)\n", cpu_s,
               window_s > 0 ? cpu_s / window_s : 0.0, cpu_s * per_trial);
-  std::printf("    simulated workers     %8.2f s  (%.0f us per trial)\n", s.client_cpu_s,
-              s.client_cpu_s * per_trial);
+  std::printf("    simulated workers     %8.2f s  (%.0f us per trial; their threads%s)\n",
+              s.client_cpu_s, s.client_cpu_s * per_trial,
+              callback_client ? " and reply callbacks" : "");
   std::printf("    coordinator side      %8.2f s  (%.0f us per trial; gRPC server, Coordinator,"
               " SQLite)\n", cpu_s - s.client_cpu_s, (cpu_s - s.client_cpu_s) * per_trial);
   std::printf("  context switches        %8.1f voluntary, %.1f involuntary per trial\n",
@@ -942,6 +1232,7 @@ int Run(const BenchOptions& o) {
   PrintRow("acquire (empty)", Summarize(s.acquire_empty.Take()));
   if (o.progress) PrintRow("report progress", Summarize(s.progress.Take()));
   PrintRow("report result", Summarize(s.report.Take()));
+  PrintRow("report result + next trial", Summarize(s.report_and_acquire.Take()));
   PrintRow("expire leases (1/s)", Summarize(expire.Take()));
   std::printf("  heartbeat p99 during sweep %.2f ms (goal < 20 ms)\n", hb.p99);
   std::printf("  errors %lld", static_cast<long long>(s.errors.count()));

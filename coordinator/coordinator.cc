@@ -13,12 +13,23 @@
 // lease renewals by heartbeat (a restart renews every lease anyway), and progress numbers
 // after the first report (the leased -> running change itself is committed).
 //
+// Asynchronous calls (the *Async methods) queue their batch like the others and register a
+// callback for its ticket instead of waiting; a commit thread leads the commits that such
+// callbacks wait for and runs each callback once its ticket is durable. Whoever finishes a
+// commit (the commit thread or a synchronous caller leading one) runs the callbacks it made
+// due, after releasing commit_mu_.
+//
 // Should a commit fail (disk full, I/O error), memory is ahead of the file: the coordinator
 // then refuses every further change with Unavailable until it is restarted, which rebuilds
 // memory from the file (fail-stop rather than guessing).
 #include "coordinator/coordinator.h"
 
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <array>
 #include <chrono>
 #include <atomic>
@@ -26,6 +37,7 @@
 #include <map>
 #include <mutex>
 #include <set>
+#include <thread>
 #include <unordered_map>
 #include <unordered_set>
 #include <utility>
@@ -84,6 +96,15 @@ std::optional<ExperimentState> ExperimentStateFromName(const std::string& name) 
     if (name == ExperimentStateName(s)) return s;
   }
   return std::nullopt;
+}
+
+void LowerThisThreadPriority(int32_t increment) {
+  if (increment == 0) return;
+  const auto tid = static_cast<id_t>(syscall(SYS_gettid));
+  errno = 0;
+  const int current = getpriority(PRIO_PROCESS, tid);
+  if (current == -1 && errno != 0) return;
+  (void)setpriority(PRIO_PROCESS, tid, std::clamp(current + increment, -20, 19));
 }
 
 namespace {
@@ -154,8 +175,12 @@ class Coordinator::Impl {
  public:
   Impl(Store* store, const Clock* clock, const CoordinatorOptions& options)
       : store_(store), clock_(clock), options_(options) {}
+  // Commits what is still queued, runs the callbacks waiting for it, stops the commit thread.
+  ~Impl();
 
   absl::Status Load();
+  // Starts the commit thread (after Load).
+  void StartCommitThread();
 
   absl::StatusOr<std::string> SubmitParsed(const Sweep& sweep, const std::string& sweep_yaml,
                                            const std::string& source);
@@ -177,8 +202,25 @@ class Coordinator::Impl {
                               int64_t requests_done, int64_t requests_total, double elapsed_s);
   absl::Status ReportResult(const std::string& worker_id, int64_t attempt_id,
                             const ResultReport& report);
+  absl::StatusOr<std::vector<TrialAssignment>> ReportResultAndAcquire(
+      const std::string& worker_id, int64_t attempt_id, const ResultReport& report,
+      int32_t max_next_trials);
   absl::Status ExpireLeases();
   const CoordinatorOptions& options() const { return options_; }
+
+  template <typename T>
+  using Callback = Coordinator::Callback<T>;
+  void RegisterWorkerAsync(const WorkerCapabilities& capabilities, const std::string& worker_id,
+                           Callback<absl::StatusOr<std::string>> done);
+  void AcquireTrialsAsync(const std::string& worker_id, int32_t max_trials,
+                          Callback<absl::StatusOr<std::vector<TrialAssignment>>> done);
+  void ReportProgressAsync(const std::string& worker_id, int64_t attempt_id,
+                           int64_t requests_done, int64_t requests_total, double elapsed_s,
+                           Callback<absl::Status> done);
+  void ReportResultAndAcquireAsync(const std::string& worker_id, int64_t attempt_id,
+                                   const ResultReport& report, int32_t max_next_trials,
+                                   Callback<absl::StatusOr<std::vector<TrialAssignment>>> done);
+  void CancelAsync(const std::string& experiment_id, Callback<absl::Status> done);
 
  private:
   struct Trial {
@@ -251,6 +293,13 @@ class Coordinator::Impl {
   absl::Status ReportResultLocked(const std::string& worker_id, int64_t attempt_id,
                                   const ResultReport& report, int64_t* ticket);
   absl::Status ExpireLeasesLocked(int64_t* ticket);
+  // ReportResultLocked, then AcquireTrialsLocked when the report was accepted; `*ticket`
+  // covers both.
+  absl::StatusOr<std::vector<TrialAssignment>> ReportResultAndAcquireLocked(
+      const std::string& worker_id, int64_t attempt_id, const ResultReport& report,
+      int32_t max_next_trials, int64_t* ticket);
+  // Fills in each assignment's config (immutable once stored; read without mu_).
+  absl::StatusOr<std::vector<TrialAssignment>> LoadConfigs(std::vector<TrialAssignment> out);
 
   absl::Status CheckUsable() {
     if (broken_ok_.load()) return absl::OkStatus();
@@ -273,6 +322,17 @@ class Coordinator::Impl {
   // Blocks until the batch with `ticket` is committed (leading the commit if nobody is).
   // Called without mu_. Commits merge every batch queued meanwhile into one transaction.
   absl::Status WaitDurable(int64_t ticket);
+  // Calls `done` with what WaitDurable(ticket) would return, once the batch with `ticket`
+  // is committed: at once on this thread when it is (or ticket is 0), else on the thread
+  // that finishes that commit. Called without mu_.
+  void WhenDurable(int64_t ticket, Callback<absl::Status> done);
+  // One group commit of everything queued: called with commit_mu_ held through `lock`,
+  // !committing_ and queue_ not empty; returns with it held again. Runs the callbacks that
+  // became due, with commit_mu_ released meanwhile.
+  void CommitRound(std::unique_lock<std::mutex>& lock);
+  // Commit thread body: leads a commit whenever a callback waits on a queued batch and no
+  // commit is under way.
+  void CommitLoop();
   int64_t LastTicket();
   absl::Status BrokenStatus() const {
     if (broken_.ok()) return absl::OkStatus();
@@ -333,6 +393,11 @@ class Coordinator::Impl {
   bool committing_ = false;        // a caller is inside store_->Apply
   absl::Status broken_;            // the failed commit, once one failed
   std::atomic<bool> broken_ok_{true};  // broken_.ok(), readable without commit_mu_
+  // Callbacks of asynchronous calls by the ticket they wait for.
+  std::multimap<int64_t, Callback<absl::Status>> waiters_;
+  std::condition_variable commit_wanted_;  // waiters_ or stop_commits_ changed, or a commit ended
+  bool stop_commits_ = false;
+  std::thread commit_thread_;
 };
 
 // --- bookkeeping ---
@@ -490,25 +555,82 @@ absl::Status Coordinator::Impl::WaitDurable(int64_t ticket) {
       committed_.wait(lock);
       continue;
     }
-    // Lead one commit of everything queued so far (group commit: one fsync for many calls).
-    committing_ = true;
-    std::vector<StoreBatch> batches = std::move(queue_);
-    queue_.clear();
-    const int64_t last = enqueued_;
-    lock.unlock();
-    StoreBatch merged = std::move(batches.front());
-    for (size_t i = 1; i < batches.size(); ++i) merged.Append(std::move(batches[i]));
-    absl::Status status = broken_ok_.load() ? store_->Apply(merged) : absl::OkStatus();
-    lock.lock();
-    committing_ = false;
-    if (!status.ok() && broken_.ok()) {
-      broken_ = status;
-      broken_ok_.store(false);
-    }
-    durable_ = last;
-    committed_.notify_all();
+    CommitRound(lock);  // lead one (group commit: one fsync for many calls)
   }
   return BrokenStatus();
+}
+
+void Coordinator::Impl::CommitRound(std::unique_lock<std::mutex>& lock) {
+  committing_ = true;
+  std::vector<StoreBatch> batches = std::move(queue_);
+  queue_.clear();
+  const int64_t last = enqueued_;
+  lock.unlock();
+  StoreBatch merged = std::move(batches.front());
+  for (size_t i = 1; i < batches.size(); ++i) merged.Append(std::move(batches[i]));
+  absl::Status status = broken_ok_.load() ? store_->Apply(merged) : absl::OkStatus();
+  lock.lock();
+  committing_ = false;
+  if (!status.ok() && broken_.ok()) {
+    broken_ = status;
+    broken_ok_.store(false);
+  }
+  durable_ = last;
+  committed_.notify_all();
+  commit_wanted_.notify_one();
+  if (waiters_.empty() || waiters_.begin()->first > durable_) return;
+  std::vector<Callback<absl::Status>> due;
+  const auto end = waiters_.upper_bound(durable_);
+  for (auto it = waiters_.begin(); it != end; ++it) due.push_back(std::move(it->second));
+  waiters_.erase(waiters_.begin(), end);
+  const absl::Status outcome = BrokenStatus();
+  lock.unlock();
+  for (Callback<absl::Status>& done : due) done(outcome);
+  lock.lock();
+}
+
+void Coordinator::Impl::WhenDurable(int64_t ticket, Callback<absl::Status> done) {
+  absl::Status outcome;
+  {
+    std::lock_guard<std::mutex> lock(commit_mu_);
+    if (durable_ < ticket) {
+      waiters_.emplace(ticket, std::move(done));
+      commit_wanted_.notify_one();
+      return;
+    }
+    outcome = BrokenStatus();
+  }
+  done(outcome);
+}
+
+void Coordinator::Impl::CommitLoop() {
+  LowerThisThreadPriority(options_.commit_thread_nice);
+  std::unique_lock<std::mutex> lock(commit_mu_);
+  for (;;) {
+    // Due: a callback waits on a batch that nobody is committing. (A batch being committed
+    // by someone else is followed by a notify when that commit ends.)
+    const bool due = !committing_ && !queue_.empty() && !waiters_.empty() &&
+                     waiters_.begin()->first > durable_;
+    if (due) {
+      CommitRound(lock);
+      continue;
+    }
+    if (stop_commits_ && waiters_.empty() && !committing_) return;
+    commit_wanted_.wait(lock);
+  }
+}
+
+void Coordinator::Impl::StartCommitThread() {
+  commit_thread_ = std::thread([this] { CommitLoop(); });
+}
+
+Coordinator::Impl::~Impl() {
+  {
+    std::lock_guard<std::mutex> lock(commit_mu_);
+    stop_commits_ = true;
+  }
+  commit_wanted_.notify_all();
+  if (commit_thread_.joinable()) commit_thread_.join();
 }
 
 void Coordinator::Impl::FlushSoftState(Op* op) {
@@ -1273,6 +1395,14 @@ absl::StatusOr<std::string> Coordinator::Impl::RegisterWorker(
   return id;
 }
 
+absl::StatusOr<std::vector<TrialAssignment>> Coordinator::Impl::LoadConfigs(
+    std::vector<TrialAssignment> out) {
+  for (TrialAssignment& a : out) {
+    KVSCOPE_ASSIGN_OR_RETURN(a.config_yaml, store_->GetTrialConfig(a.trial_id));
+  }
+  return out;
+}
+
 absl::StatusOr<std::vector<TrialAssignment>> Coordinator::Impl::AcquireTrials(
     const std::string& worker_id, int32_t max_trials) {
   int64_t ticket = 0;
@@ -1282,11 +1412,7 @@ absl::StatusOr<std::vector<TrialAssignment>> Coordinator::Impl::AcquireTrials(
     KVSCOPE_ASSIGN_OR_RETURN(out, AcquireTrialsLocked(worker_id, max_trials, &ticket));
   }
   KVSCOPE_RETURN_IF_ERROR(WaitDurable(ticket));
-  // Configs are immutable once stored; read them without holding mu_.
-  for (TrialAssignment& a : out) {
-    KVSCOPE_ASSIGN_OR_RETURN(a.config_yaml, store_->GetTrialConfig(a.trial_id));
-  }
-  return out;
+  return LoadConfigs(std::move(out));
 }
 
 absl::Status Coordinator::Impl::ReportProgress(const std::string& worker_id, int64_t attempt_id,
@@ -1311,6 +1437,110 @@ absl::Status Coordinator::Impl::ReportResult(const std::string& worker_id, int64
   return WaitDurable(ticket);
 }
 
+absl::StatusOr<std::vector<TrialAssignment>> Coordinator::Impl::ReportResultAndAcquireLocked(
+    const std::string& worker_id, int64_t attempt_id, const ResultReport& report,
+    int32_t max_next_trials, int64_t* ticket) {
+  KVSCOPE_RETURN_IF_ERROR(ReportResultLocked(worker_id, attempt_id, report, ticket));
+  if (max_next_trials <= 0) return std::vector<TrialAssignment>();
+  int64_t acquire_ticket = 0;
+  absl::StatusOr<std::vector<TrialAssignment>> next =
+      AcquireTrialsLocked(worker_id, max_next_trials, &acquire_ticket);
+  // The report stands either way; a worker that got nothing asks again with AcquireTrials.
+  if (!next.ok()) return std::vector<TrialAssignment>();
+  *ticket = std::max(*ticket, acquire_ticket);
+  return next;
+}
+
+absl::StatusOr<std::vector<TrialAssignment>> Coordinator::Impl::ReportResultAndAcquire(
+    const std::string& worker_id, int64_t attempt_id, const ResultReport& report,
+    int32_t max_next_trials) {
+  int64_t ticket = 0;
+  std::vector<TrialAssignment> out;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    KVSCOPE_ASSIGN_OR_RETURN(out, ReportResultAndAcquireLocked(worker_id, attempt_id, report,
+                                                               max_next_trials, &ticket));
+  }
+  KVSCOPE_RETURN_IF_ERROR(WaitDurable(ticket));
+  return LoadConfigs(std::move(out));
+}
+
+// --- asynchronous forms: the same *Locked steps, then WhenDurable instead of WaitDurable ---
+
+void Coordinator::Impl::RegisterWorkerAsync(const WorkerCapabilities& capabilities,
+                                            const std::string& worker_id,
+                                            Callback<absl::StatusOr<std::string>> done) {
+  int64_t ticket = 0;
+  absl::StatusOr<std::string> id;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    id = RegisterWorkerLocked(capabilities, worker_id, &ticket);
+  }
+  if (!id.ok()) return done(id.status());
+  WhenDurable(ticket, [id = *std::move(id), done = std::move(done)](absl::Status s) {
+    if (!s.ok()) return done(s);
+    done(id);
+  });
+}
+
+void Coordinator::Impl::AcquireTrialsAsync(
+    const std::string& worker_id, int32_t max_trials,
+    Callback<absl::StatusOr<std::vector<TrialAssignment>>> done) {
+  int64_t ticket = 0;
+  absl::StatusOr<std::vector<TrialAssignment>> out;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    out = AcquireTrialsLocked(worker_id, max_trials, &ticket);
+  }
+  if (!out.ok()) return done(out.status());
+  WhenDurable(ticket, [this, out = *std::move(out), done = std::move(done)](absl::Status s) {
+    if (!s.ok()) return done(s);
+    done(LoadConfigs(out));
+  });
+}
+
+void Coordinator::Impl::ReportProgressAsync(const std::string& worker_id, int64_t attempt_id,
+                                            int64_t requests_done, int64_t requests_total,
+                                            double elapsed_s, Callback<absl::Status> done) {
+  int64_t ticket = 0;
+  absl::Status status;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    status = ReportProgressLocked(worker_id, attempt_id, requests_done, requests_total,
+                                  elapsed_s, &ticket);
+  }
+  if (!status.ok()) return done(status);
+  WhenDurable(ticket, std::move(done));
+}
+
+void Coordinator::Impl::ReportResultAndAcquireAsync(
+    const std::string& worker_id, int64_t attempt_id, const ResultReport& report,
+    int32_t max_next_trials, Callback<absl::StatusOr<std::vector<TrialAssignment>>> done) {
+  int64_t ticket = 0;
+  absl::StatusOr<std::vector<TrialAssignment>> out;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    out = ReportResultAndAcquireLocked(worker_id, attempt_id, report, max_next_trials, &ticket);
+  }
+  if (!out.ok()) return done(out.status());
+  WhenDurable(ticket, [this, out = *std::move(out), done = std::move(done)](absl::Status s) {
+    if (!s.ok()) return done(s);
+    if (out.empty()) return done(out);
+    done(LoadConfigs(out));
+  });
+}
+
+void Coordinator::Impl::CancelAsync(const std::string& id, Callback<absl::Status> done) {
+  int64_t ticket = 0;
+  absl::Status status;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    status = CancelLocked(id, &ticket);
+  }
+  if (!status.ok()) return done(status);
+  WhenDurable(ticket, std::move(done));
+}
+
 absl::Status Coordinator::Impl::ExpireLeases() {
   int64_t ticket = 0;
   {
@@ -1333,6 +1563,7 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(
   }
   auto impl = std::make_unique<Impl>(store, clock, options);
   KVSCOPE_RETURN_IF_ERROR(impl->Load());
+  impl->StartCommitThread();
   return std::unique_ptr<Coordinator>(new Coordinator(std::move(impl)));
 }
 
@@ -1389,6 +1620,35 @@ absl::Status Coordinator::ReportProgress(const std::string& worker_id, int64_t a
 absl::Status Coordinator::ReportResult(const std::string& worker_id, int64_t attempt_id,
                                        const ResultReport& report) {
   return impl_->ReportResult(worker_id, attempt_id, report);
+}
+absl::StatusOr<std::vector<TrialAssignment>> Coordinator::ReportResultAndAcquire(
+    const std::string& worker_id, int64_t attempt_id, const ResultReport& report,
+    int32_t max_next_trials) {
+  return impl_->ReportResultAndAcquire(worker_id, attempt_id, report, max_next_trials);
+}
+void Coordinator::RegisterWorkerAsync(const WorkerCapabilities& capabilities,
+                                      const std::string& worker_id,
+                                      Callback<absl::StatusOr<std::string>> done) {
+  impl_->RegisterWorkerAsync(capabilities, worker_id, std::move(done));
+}
+void Coordinator::AcquireTrialsAsync(const std::string& worker_id, int32_t max_trials,
+                                     Callback<absl::StatusOr<std::vector<TrialAssignment>>> done) {
+  impl_->AcquireTrialsAsync(worker_id, max_trials, std::move(done));
+}
+void Coordinator::ReportProgressAsync(const std::string& worker_id, int64_t attempt_id,
+                                      int64_t requests_done, int64_t requests_total,
+                                      double elapsed_s, Callback<absl::Status> done) {
+  impl_->ReportProgressAsync(worker_id, attempt_id, requests_done, requests_total, elapsed_s,
+                             std::move(done));
+}
+void Coordinator::ReportResultAndAcquireAsync(
+    const std::string& worker_id, int64_t attempt_id, const ResultReport& report,
+    int32_t max_next_trials, Callback<absl::StatusOr<std::vector<TrialAssignment>>> done) {
+  impl_->ReportResultAndAcquireAsync(worker_id, attempt_id, report, max_next_trials,
+                                     std::move(done));
+}
+void Coordinator::CancelAsync(const std::string& experiment_id, Callback<absl::Status> done) {
+  impl_->CancelAsync(experiment_id, std::move(done));
 }
 absl::Status Coordinator::ExpireLeases() { return impl_->ExpireLeases(); }
 const CoordinatorOptions& Coordinator::options() const { return impl_->options(); }

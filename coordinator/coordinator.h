@@ -19,11 +19,19 @@
 // the re-run. A result reported twice for the same attempt (a retry after a lost
 // acknowledgement) is acknowledged again and stored once.
 //
+// Durability and threads: a mutating call changes memory under the coordinator's lock and
+// queues its rows; the rows of many calls are committed together (group commit). The
+// synchronous methods return once their change is committed. The asynchronous ones (the
+// *Async methods, for the gRPC callback services) return at once and report the outcome
+// through a callback, which the coordinator's commit thread runs once the change is
+// committed, so that no thread waits per call.
+//
 // Thread safety: every method may be called from any thread.
 #ifndef KVSCOPE_COORDINATOR_COORDINATOR_H_
 #define KVSCOPE_COORDINATOR_COORDINATOR_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -143,7 +151,15 @@ struct CoordinatorOptions {
   double heartbeat_interval_seconds = 5;  // told to workers at registration
   int32_t default_max_attempts = 3;   // when the sweep does not set max_attempts
   SweepLimits sweep_limits;
+  // Added to the commit thread's nice value (Linux, per thread; 0 leaves it), so that when
+  // the CPU is saturated the threads that answer heartbeats win it over the bulk work of
+  // committing and finishing calls (docs/benchmarks.md, "Coordinator throughput").
+  int32_t commit_thread_nice = 5;
 };
+
+// Adds `increment` to the calling thread's nice value (Linux: per thread). Best effort:
+// does nothing when increment is 0 or the change is refused.
+void LowerThisThreadPriority(int32_t increment);
 
 class Coordinator {
  public:
@@ -192,6 +208,39 @@ class Coordinator {
                               int64_t requests_done, int64_t requests_total, double elapsed_s);
   absl::Status ReportResult(const std::string& worker_id, int64_t attempt_id,
                             const ResultReport& report);
+  // One call per trial: ReportResult, then, once the report is accepted, AcquireTrials for
+  // up to `max_next_trials` trials (the worker's free slots after this result; 0 leases
+  // nothing), under one lock hold and committed together. Returns the new assignments.
+  // A refused report (FailedPrecondition for a stale attempt, NotFound for an unknown
+  // worker, ...) returns that error and leases nothing. A repeated report of a success
+  // (a retry after a lost reply) is acknowledged again and leases anew; the assignments of
+  // the lost reply stay leased until their leases expire, as with a lost AcquireTrials reply.
+  absl::StatusOr<std::vector<TrialAssignment>> ReportResultAndAcquire(
+      const std::string& worker_id, int64_t attempt_id, const ResultReport& report,
+      int32_t max_next_trials);
+
+  // --- asynchronous forms of the mutating worker and client calls ---
+  // Each does what the synchronous method of the same name does and calls `done` exactly
+  // once with the same outcome: on the calling thread when no commit is needed (a refusal,
+  // nothing changed, or the change is durable already), otherwise on the coordinator's
+  // commit thread once the change is committed. `done` runs with no coordinator lock held;
+  // it must not block (it delays the commits behind it), so it should only hand the outcome
+  // on (e.g. finish a gRPC reactor). The Coordinator must outlive every pending `done`:
+  // destroying it runs the commits still queued and their callbacks first.
+  template <typename T>
+  using Callback = std::function<void(T)>;
+  void RegisterWorkerAsync(const WorkerCapabilities& capabilities, const std::string& worker_id,
+                           Callback<absl::StatusOr<std::string>> done);
+  void AcquireTrialsAsync(const std::string& worker_id, int32_t max_trials,
+                          Callback<absl::StatusOr<std::vector<TrialAssignment>>> done);
+  void ReportProgressAsync(const std::string& worker_id, int64_t attempt_id,
+                           int64_t requests_done, int64_t requests_total, double elapsed_s,
+                           Callback<absl::Status> done);
+  // ReportResultAndAcquire; max_next_trials = 0 makes it plain ReportResult (empty list).
+  void ReportResultAndAcquireAsync(const std::string& worker_id, int64_t attempt_id,
+                                   const ResultReport& report, int32_t max_next_trials,
+                                   Callback<absl::StatusOr<std::vector<TrialAssignment>>> done);
+  void CancelAsync(const std::string& experiment_id, Callback<absl::Status> done);
 
   // Expires leases whose renewal is older than lease_seconds on the clock. The daemon
   // calls it every second; tests call it after advancing a FakeClock.

@@ -168,22 +168,76 @@ grpc::Status ClientServiceImpl::ListWorkers(grpc::ServerContext* context,
 
 // ----- WorkerService -----
 
-grpc::Status WorkerServiceImpl::Register(grpc::ServerContext* context,
-                                         const v1::RegisterRequest* request,
-                                         v1::RegisterResponse* response) {
-  KVSCOPE_GRPC_RETURN_IF_ERROR(auth_->Check(TokenKind::kWorker, *context));
-  KVSCOPE_GRPC_RETURN_IF_ERROR(CheckId(request->worker_id(), "worker_id", /*required=*/false));
-  KVSCOPE_GRPC_RETURN_IF_ERROR(
-      CheckId(request->capabilities().hostname(), "capabilities.hostname", false));
-  absl::StatusOr<WorkerCapabilities> capabilities = FromProto(request->capabilities());
-  KVSCOPE_GRPC_RETURN_IF_ERROR(capabilities.status());
-  absl::StatusOr<std::string> id =
-      coordinator_->RegisterWorker(*capabilities, request->worker_id());
-  KVSCOPE_GRPC_RETURN_IF_ERROR(id.status());
-  response->set_worker_id(*id);
-  response->set_heartbeat_interval_seconds(options_.heartbeat_interval_seconds);
-  response->set_lease_seconds(options_.lease_seconds);
-  return grpc::Status::OK;
+namespace {
+
+// A reactor's Done: finishes the call.
+WorkerServiceImpl::Done FinishReactor(grpc::ServerUnaryReactor* reactor) {
+  return [reactor](grpc::Status status) { reactor->Finish(std::move(status)); };
+}
+
+// Returns early from a Handle* method, calling `done` with the converted status, when
+// `expr` is not OK.
+#define KVSCOPE_GRPC_DONE_IF_ERROR(expr, done)              \
+  do {                                                      \
+    ::absl::Status kvscope_grpc_status_ = (expr);           \
+    if (!kvscope_grpc_status_.ok()) {                       \
+      return (done)(ToGrpcStatus(kvscope_grpc_status_));    \
+    }                                                       \
+  } while (0)
+
+absl::Status CheckMaxTrials(int32_t value, int32_t limit, const char* field) {
+  if (value < 0 || value > limit) {
+    return absl::InvalidArgumentError(std::string(field) + " must be in [0, " +
+                                      std::to_string(limit) + "], got " + std::to_string(value));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+SerialExecutor::SerialExecutor(int32_t nice_increment)
+    : nice_increment_(nice_increment), thread_([this] { Loop(); }) {}
+
+SerialExecutor::~SerialExecutor() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_one();
+  thread_.join();
+}
+
+void SerialExecutor::Post(std::function<void()> task) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    tasks_.push_back(std::move(task));
+  }
+  cv_.notify_one();
+}
+
+void SerialExecutor::Loop() {
+  LowerThisThreadPriority(nice_increment_);
+  std::unique_lock<std::mutex> lock(mu_);
+  for (;;) {
+    cv_.wait(lock, [&] { return stop_ || !tasks_.empty(); });
+    if (tasks_.empty()) return;  // stop_, and everything ran
+    // Take every queued task at once: one wake-up per burst of calls.
+    std::deque<std::function<void()>> batch;
+    batch.swap(tasks_);
+    lock.unlock();
+    for (std::function<void()>& task : batch) task();
+    lock.lock();
+  }
+}
+
+grpc::ServerUnaryReactor* WorkerServiceImpl::Register(grpc::CallbackServerContext* context,
+                                                      const v1::RegisterRequest* request,
+                                                      v1::RegisterResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  work_.Post([this, context, request, response, reactor] {
+    HandleRegister(*context, request, response, FinishReactor(reactor));
+  });
+  return reactor;
 }
 
 grpc::ServerUnaryReactor* WorkerServiceImpl::Heartbeat(grpc::CallbackServerContext* context,
@@ -192,6 +246,57 @@ grpc::ServerUnaryReactor* WorkerServiceImpl::Heartbeat(grpc::CallbackServerConte
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(HandleHeartbeat(*context, request, response));
   return reactor;
+}
+
+grpc::ServerUnaryReactor* WorkerServiceImpl::AcquireTrials(
+    grpc::CallbackServerContext* context, const v1::AcquireTrialsRequest* request,
+    v1::AcquireTrialsResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  work_.Post([this, context, request, response, reactor] {
+    HandleAcquireTrials(*context, request, response, FinishReactor(reactor));
+  });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* WorkerServiceImpl::ReportProgress(
+    grpc::CallbackServerContext* context, const v1::ReportProgressRequest* request,
+    v1::ReportProgressResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  work_.Post([this, context, request, response, reactor] {
+    HandleReportProgress(*context, request, response, FinishReactor(reactor));
+  });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* WorkerServiceImpl::ReportResult(grpc::CallbackServerContext* context,
+                                                          const v1::ReportResultRequest* request,
+                                                          v1::ReportResultResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  work_.Post([this, context, request, response, reactor] {
+    HandleReportResult(*context, request, response, FinishReactor(reactor));
+  });
+  return reactor;
+}
+
+void WorkerServiceImpl::HandleRegister(const grpc::ServerContextBase& context,
+                                       const v1::RegisterRequest* request,
+                                       v1::RegisterResponse* response, Done done) {
+  KVSCOPE_GRPC_DONE_IF_ERROR(auth_->Check(TokenKind::kWorker, context), done);
+  KVSCOPE_GRPC_DONE_IF_ERROR(CheckId(request->worker_id(), "worker_id", /*required=*/false),
+                             done);
+  KVSCOPE_GRPC_DONE_IF_ERROR(
+      CheckId(request->capabilities().hostname(), "capabilities.hostname", false), done);
+  absl::StatusOr<WorkerCapabilities> capabilities = FromProto(request->capabilities());
+  KVSCOPE_GRPC_DONE_IF_ERROR(capabilities.status(), done);
+  coordinator_->RegisterWorkerAsync(
+      *capabilities, request->worker_id(),
+      [this, response, done = std::move(done)](absl::StatusOr<std::string> id) {
+        KVSCOPE_GRPC_DONE_IF_ERROR(id.status(), done);
+        response->set_worker_id(*id);
+        response->set_heartbeat_interval_seconds(options_.heartbeat_interval_seconds);
+        response->set_lease_seconds(options_.lease_seconds);
+        done(grpc::Status::OK);
+      });
 }
 
 grpc::Status WorkerServiceImpl::HandleHeartbeat(const grpc::ServerContextBase& context,
@@ -207,52 +312,61 @@ grpc::Status WorkerServiceImpl::HandleHeartbeat(const grpc::ServerContextBase& c
   return grpc::Status::OK;
 }
 
-grpc::Status WorkerServiceImpl::AcquireTrials(grpc::ServerContext* context,
-                                              const v1::AcquireTrialsRequest* request,
-                                              v1::AcquireTrialsResponse* response) {
-  KVSCOPE_GRPC_RETURN_IF_ERROR(auth_->Check(TokenKind::kWorker, *context));
-  KVSCOPE_GRPC_RETURN_IF_ERROR(CheckId(request->worker_id(), "worker_id"));
-  if (request->max_trials() < 0 || request->max_trials() > options_.max_trials_per_acquire) {
-    return ToGrpcStatus(absl::InvalidArgumentError(
-        "max_trials must be in [0, " + std::to_string(options_.max_trials_per_acquire) +
-        "], got " + std::to_string(request->max_trials())));
-  }
-  absl::StatusOr<std::vector<TrialAssignment>> assignments =
-      coordinator_->AcquireTrials(request->worker_id(), request->max_trials());
-  KVSCOPE_GRPC_RETURN_IF_ERROR(assignments.status());
-  for (const TrialAssignment& a : *assignments) ToProto(a, response->add_assignments());
-  return grpc::Status::OK;
+void WorkerServiceImpl::HandleAcquireTrials(const grpc::ServerContextBase& context,
+                                            const v1::AcquireTrialsRequest* request,
+                                            v1::AcquireTrialsResponse* response, Done done) {
+  KVSCOPE_GRPC_DONE_IF_ERROR(auth_->Check(TokenKind::kWorker, context), done);
+  KVSCOPE_GRPC_DONE_IF_ERROR(CheckId(request->worker_id(), "worker_id"), done);
+  KVSCOPE_GRPC_DONE_IF_ERROR(
+      CheckMaxTrials(request->max_trials(), options_.max_trials_per_acquire, "max_trials"),
+      done);
+  coordinator_->AcquireTrialsAsync(
+      request->worker_id(), request->max_trials(),
+      [response, done = std::move(done)](
+          absl::StatusOr<std::vector<TrialAssignment>> assignments) {
+        KVSCOPE_GRPC_DONE_IF_ERROR(assignments.status(), done);
+        for (const TrialAssignment& a : *assignments) ToProto(a, response->add_assignments());
+        done(grpc::Status::OK);
+      });
 }
 
-grpc::Status WorkerServiceImpl::ReportProgress(grpc::ServerContext* context,
-                                               const v1::ReportProgressRequest* request,
-                                               v1::ReportProgressResponse* response) {
-  KVSCOPE_GRPC_RETURN_IF_ERROR(auth_->Check(TokenKind::kWorker, *context));
-  KVSCOPE_GRPC_RETURN_IF_ERROR(CheckId(request->worker_id(), "worker_id"));
-  return ToGrpcStatus(coordinator_->ReportProgress(request->worker_id(), request->attempt_id(),
-                                                   request->requests_done(),
-                                                   request->requests_total(),
-                                                   request->elapsed_s()));
+void WorkerServiceImpl::HandleReportProgress(const grpc::ServerContextBase& context,
+                                             const v1::ReportProgressRequest* request,
+                                             v1::ReportProgressResponse* response, Done done) {
+  KVSCOPE_GRPC_DONE_IF_ERROR(auth_->Check(TokenKind::kWorker, context), done);
+  KVSCOPE_GRPC_DONE_IF_ERROR(CheckId(request->worker_id(), "worker_id"), done);
+  coordinator_->ReportProgressAsync(
+      request->worker_id(), request->attempt_id(), request->requests_done(),
+      request->requests_total(), request->elapsed_s(),
+      [done = std::move(done)](absl::Status status) { done(ToGrpcStatus(status)); });
 }
 
-grpc::Status WorkerServiceImpl::ReportResult(grpc::ServerContext* context,
-                                             const v1::ReportResultRequest* request,
-                                             v1::ReportResultResponse* response) {
-  KVSCOPE_GRPC_RETURN_IF_ERROR(auth_->Check(TokenKind::kWorker, *context));
-  KVSCOPE_GRPC_RETURN_IF_ERROR(CheckId(request->worker_id(), "worker_id"));
+void WorkerServiceImpl::HandleReportResult(const grpc::ServerContextBase& context,
+                                           const v1::ReportResultRequest* request,
+                                           v1::ReportResultResponse* response, Done done) {
+  KVSCOPE_GRPC_DONE_IF_ERROR(auth_->Check(TokenKind::kWorker, context), done);
+  KVSCOPE_GRPC_DONE_IF_ERROR(CheckId(request->worker_id(), "worker_id"), done);
+  KVSCOPE_GRPC_DONE_IF_ERROR(CheckMaxTrials(request->max_next_trials(),
+                                            options_.max_trials_per_acquire, "max_next_trials"),
+                             done);
   ResultReport report;
   report.succeeded = request->succeeded();
   report.error = request->error();
   absl::StatusOr<nlohmann::json> result = ParseJsonField(request->result_json(), "result_json");
-  KVSCOPE_GRPC_RETURN_IF_ERROR(result.status());
+  KVSCOPE_GRPC_DONE_IF_ERROR(result.status(), done);
   if (report.succeeded && !result->is_object()) {
-    return ToGrpcStatus(absl::InvalidArgumentError(
-        "a succeeded result must carry result_json, a JSON object"));
+    return done(ToGrpcStatus(absl::InvalidArgumentError(
+        "a succeeded result must carry result_json, a JSON object")));
   }
   report.result = *std::move(result);
   report.requests_jsonl = request->requests_jsonl();
-  return ToGrpcStatus(
-      coordinator_->ReportResult(request->worker_id(), request->attempt_id(), report));
+  coordinator_->ReportResultAndAcquireAsync(
+      request->worker_id(), request->attempt_id(), report, request->max_next_trials(),
+      [response, done = std::move(done)](absl::StatusOr<std::vector<TrialAssignment>> next) {
+        KVSCOPE_GRPC_DONE_IF_ERROR(next.status(), done);
+        for (const TrialAssignment& a : *next) ToProto(a, response->add_next_assignments());
+        done(grpc::Status::OK);
+      });
 }
 
 }  // namespace kvscope::coordinator

@@ -46,6 +46,18 @@ class CoordinatorConnection {
                                       double elapsed_s) = 0;
   virtual absl::Status ReportResult(const std::string& worker_id, int64_t attempt_id,
                                     const coordinator::ResultReport& report) = 0;
+  // ReportResult that also asks for up to `max_next_trials` new trials in the same call
+  // (Coordinator::ReportResultAndAcquire): one call per trial instead of report + acquire.
+  // Returns the new assignments, possibly none; errors are those of ReportResult, and a
+  // refused report gets no assignment. The default calls ReportResult and returns none,
+  // which is also what a coordinator that predates this answers, so callers must go on
+  // calling AcquireTrials when they got fewer than they asked for.
+  virtual absl::StatusOr<std::vector<coordinator::TrialAssignment>> ReportResultAndAcquire(
+      const std::string& worker_id, int64_t attempt_id, const coordinator::ResultReport& report,
+      int32_t max_next_trials) {
+    if (absl::Status s = ReportResult(worker_id, attempt_id, report); !s.ok()) return s;
+    return std::vector<coordinator::TrialAssignment>();
+  }
 };
 
 }  // namespace kvscope::worker

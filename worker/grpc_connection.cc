@@ -94,6 +94,12 @@ class GrpcConnection final : public CoordinatorConnection {
 
   absl::Status ReportResult(const std::string& worker_id, int64_t attempt_id,
                             const coordinator::ResultReport& report) override {
+    return ReportResultAndAcquire(worker_id, attempt_id, report, 0).status();
+  }
+
+  absl::StatusOr<std::vector<coordinator::TrialAssignment>> ReportResultAndAcquire(
+      const std::string& worker_id, int64_t attempt_id, const coordinator::ResultReport& report,
+      int32_t max_next_trials) override {
     v1::ReportResultRequest request;
     request.set_worker_id(worker_id);
     request.set_attempt_id(attempt_id);
@@ -101,10 +107,21 @@ class GrpcConnection final : public CoordinatorConnection {
     request.set_error(report.error);
     if (!report.result.is_null()) request.set_result_json(coordinator::DumpJson(report.result));
     request.set_requests_jsonl(report.requests_jsonl);
+    request.set_max_next_trials(max_next_trials);
     v1::ReportResultResponse response;
     grpc::ClientContext context;
     Prepare(&context);
-    return FromGrpcStatus(stub_->ReportResult(&context, request, &response), peer_);
+    if (absl::Status s =
+            FromGrpcStatus(stub_->ReportResult(&context, request, &response), peer_);
+        !s.ok()) {
+      return s;
+    }
+    std::vector<coordinator::TrialAssignment> next;
+    next.reserve(response.next_assignments_size());
+    for (const v1::TrialAssignment& a : response.next_assignments()) {
+      next.push_back(coordinator::FromProto(a));
+    }
+    return next;
   }
 
  private:

@@ -276,17 +276,44 @@ void WorkerDaemon::Impl::SendResults() {
   for (;;) {
     SpooledResult item;
     std::string current_id;
+    int32_t free_slots = 0;
+    bool shutting_down = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (outbox_.empty()) return;
       item = outbox_.front();
       current_id = worker_id_;
+      shutting_down = shutdown_;
+      // The trial's last progress goes out ahead of its result: when the trial ended
+      // between this pass's SendProgress and now, wait for the next pass (the trial wakes
+      // the main loop once it is marked finished; SendProgress then sends it at once).
+      auto running = running_.find(item.attempt_id);
+      if (running != running_.end() && running->second->progress_dirty &&
+          running->second->progress && !running->second->stopped_by_coordinator) {
+        return;
+      }
+      // A trial whose result waits in the outbox has ended (its runner returned) even
+      // before its thread marks it finished.
+      free_slots = options_.max_concurrent_trials;
+      for (const auto& [attempt, trial] : running_) {
+        if (!trial->finished && attempt != item.attempt_id) --free_slots;
+      }
     }
     const std::string& id = item.worker_id.empty() ? current_id : item.worker_id;
-    const absl::Status s = conn_->ReportResult(id, item.attempt_id, item.report);
+    // One call per trial: the result asks for the next trials (leased to the current id
+    // only, so not for a result spooled under an earlier registration; and not once
+    // shutting down: the last pass after Shutdown() must not start trials).
+    const int32_t want =
+        id == current_id && fatal_.ok() && !shutting_down ? std::max(0, free_slots) : 0;
+    absl::StatusOr<std::vector<coordinator::TrialAssignment>> next =
+        conn_->ReportResultAndAcquire(id, item.attempt_id, item.report, want);
+    const absl::Status s = next.status();
     bool done = false;
     if (s.ok()) {
       done = true;
+      // Slots still free (fewer given than asked, or a coordinator that predates the
+      // piggy-backed assignments) are filled by Acquire on its usual schedule.
+      for (const coordinator::TrialAssignment& a : *next) StartTrial(a);
     } else if (s.code() == absl::StatusCode::kFailedPrecondition) {
       Log("result of attempt %lld (trial %s) refused as stale; dropped: %s",
           static_cast<long long>(item.attempt_id), item.trial_id.c_str(),

@@ -2,7 +2,9 @@
 //
 // The worker daemon: registers with the coordinator, heartbeats, takes trials while it has
 // room, runs each in a child process (worker/trial_runner.h) on its own thread, reports
-// progress, and reports each result once it is safe on disk (worker/result_spool.h).
+// progress, and reports each result once it is safe on disk (worker/result_spool.h). A
+// result report also asks for the worker's next trials (ReportResultAndAcquire), so a busy
+// worker makes one call per trial; AcquireTrials fills whatever slots are still free.
 // Transport-free: it talks to the coordinator through a CoordinatorConnection, which is gRPC
 // in `kvscope worker` and an in-process Coordinator in tests and `kvscope run`.
 //

@@ -60,10 +60,20 @@ class ClusterTest : public ::testing::Test {
                                      std::to_string(kLeaseSeconds)};
     args.insert(args.end(), extra.begin(), extra.end());
     const std::string log = dir_ + "/coordinator.log";
+    // The log is appended to across restarts: wait for a "listening on" line beyond those
+    // of earlier coordinators, or a restarted one may be called before it listens.
+    auto listening_lines = [](const std::string& text) {
+      size_t n = 0;
+      for (size_t at = text.find("listening on"); at != std::string::npos;
+           at = text.find("listening on", at + 1)) {
+        ++n;
+      }
+      return n;
+    };
+    const size_t before = listening_lines(ReadAll(log));
     coordinator_ = std::make_unique<Child>(args, log);
     ASSERT_TRUE(PollUntil([&] {
-      return coordinator_->Log().find("listening on") != std::string::npos ||
-             coordinator_->WaitExit(0);
+      return listening_lines(coordinator_->Log()) > before || coordinator_->WaitExit(0);
     }, 60)) << coordinator_->Log();
     ASSERT_FALSE(coordinator_->exited()) << coordinator_->Log();
   }

@@ -237,6 +237,89 @@ TEST_F(GrpcServiceTest, AssignmentResultAndFencingOverGrpc) {
   EXPECT_EQ(succeeded, 1);
 }
 
+// One call per trial over gRPC: ReportResult with max_next_trials returns the next
+// assignment; a stale attempt's report is refused and gets none; a request without the
+// field (an older worker) gets none; an out-of-range count is refused.
+TEST_F(GrpcServiceTest, ReportResultReturnsTheNextAssignment) {
+  StartServer();
+  std::string id;
+  ASSERT_TRUE(Submit(kSweep, kClientToken, &id).ok());
+  auto connection = WorkerConnection(kWorkerToken);
+  WorkerCapabilities caps;
+  caps.hostname = "test";
+  caps.cpu_cores = 2;
+  caps.backends = {"cpu"};
+  caps.max_cpu_trials = 1;
+  auto registration = connection->Register(caps, "");
+  ASSERT_TRUE(registration.ok()) << registration.status();
+  const std::string worker_id = registration->worker_id;
+  auto assignments = connection->AcquireTrials(worker_id, 1);
+  ASSERT_TRUE(assignments.ok()) << assignments.status();
+  ASSERT_EQ(assignments->size(), 1u);
+  const TrialAssignment first = (*assignments)[0];
+
+  ResultReport report;
+  report.succeeded = true;
+  report.result = {{"summary", {{"request_throughput", 1.5}}}};
+  // Out of range: refused before anything changes.
+  EXPECT_EQ(connection->ReportResultAndAcquire(worker_id, first.attempt_id, report, 65)
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(connection->ReportResultAndAcquire(worker_id, first.attempt_id, report, -1)
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+
+  // The lease expires and the trial goes to another worker: the late report is refused and
+  // leases nothing.
+  clock_.AdvanceSeconds(31);
+  ASSERT_TRUE(coordinator_->ExpireLeases().ok());
+  auto other = connection->Register(caps, "");
+  ASSERT_TRUE(other.ok()) << other.status();
+  auto rerun = connection->AcquireTrials(other->worker_id, 1);
+  ASSERT_TRUE(rerun.ok()) << rerun.status();
+  ASSERT_EQ(rerun->size(), 1u);
+  ASSERT_EQ((*rerun)[0].trial_id, first.trial_id);
+  ASSERT_TRUE(connection->Register(caps, worker_id).ok());
+  auto late = connection->ReportResultAndAcquire(worker_id, first.attempt_id, report, 1);
+  EXPECT_EQ(late.status().code(), absl::StatusCode::kFailedPrecondition) << late.status();
+  auto info = coordinator_->GetExperiment(id);
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->pending, 1);
+  EXPECT_EQ(info->leased, 1);
+
+  // The current attempt's report returns the next trial, with its config.
+  auto next = connection->ReportResultAndAcquire(other->worker_id, (*rerun)[0].attempt_id,
+                                                 report, 1);
+  ASSERT_TRUE(next.ok()) << next.status();
+  ASSERT_EQ(next->size(), 1u);
+  const TrialAssignment second = (*next)[0];
+  EXPECT_EQ(second.experiment_id, id);
+  EXPECT_NE(second.trial_id, first.trial_id);
+  EXPECT_THAT(second.config_yaml, HasSubstr("llama-tiny"));
+  EXPECT_GT(second.attempt_id, (*rerun)[0].attempt_id);
+
+  // A request without max_next_trials (an older worker) is a plain report.
+  ChannelOptions options;
+  options.target = Target();
+  auto worker_stub = v1::WorkerService::NewStub(*MakeChannel(options));
+  v1::ReportResultRequest request;
+  request.set_worker_id(other->worker_id);
+  request.set_attempt_id(second.attempt_id);
+  request.set_succeeded(true);
+  request.set_result_json("{\"summary\": {}}");
+  v1::ReportResultResponse response;
+  grpc::ClientContext context;
+  PrepareCall(&context, kWorkerToken, 10);
+  ASSERT_TRUE(worker_stub->ReportResult(&context, request, &response).ok());
+  EXPECT_EQ(response.next_assignments_size(), 0);
+  info = coordinator_->GetExperiment(id);
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->succeeded, 2);
+  EXPECT_EQ(info->state, ExperimentState::kSucceeded);
+}
+
 TEST_F(GrpcServiceTest, WatchStreamsUntilTheExperimentFinishes) {
   StartServer();
   std::string id;
@@ -367,6 +450,8 @@ TEST_F(GrpcServiceTest, GarbageRequestsNeverCrashTheServer) {
     report.error = garbage(64);
     report.requests_jsonl = garbage(64);
     (void)connection->ReportResult(worker_id, static_cast<int64_t>(rng() % 10), report);
+    (void)connection->ReportResultAndAcquire(worker_id, static_cast<int64_t>(rng() % 10),
+                                             report, static_cast<int32_t>(rng() % 200) - 50);
   }
   // Malformed JSON straight through the stub (the connection always sends valid JSON).
   {

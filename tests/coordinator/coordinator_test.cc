@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <filesystem>
 #include <map>
@@ -696,6 +697,281 @@ TEST_F(CoordinatorTest, ConcurrentWorkersLeaseEachTrialOnce) {
   EXPECT_EQ(info.succeeded, kTrials);
   EXPECT_EQ(info.state, ExperimentState::kSucceeded);
   EXPECT_EQ(coordinator_->Results(e)->size(), static_cast<size_t>(kTrials));
+}
+
+// One call per trial: a report that asks for the next trial leases it, durably, with its
+// config; asking for none leases nothing; an empty queue gives an empty list.
+TEST_F(CoordinatorTest, ReportResultAndAcquireReturnsTheNextAssignment) {
+  const std::string e = Submit(MakeSweep(3, Cpu()));
+  const std::string w = Register(CpuWorker());
+  auto a = Acquire(w, 1);
+  ASSERT_EQ(a.size(), 1u);
+
+  auto next = coordinator_->ReportResultAndAcquire(w, a[0].attempt_id, Success(1), 1);
+  ASSERT_TRUE(next.ok()) << next.status();
+  ASSERT_EQ(next->size(), 1u);
+  const TrialAssignment& b = (*next)[0];
+  EXPECT_EQ(b.trial_id, Trial(e, 1).trial_id);
+  EXPECT_EQ(b.experiment_id, e);
+  EXPECT_EQ(b.attempt_number, 1);
+  EXPECT_EQ(b.config_yaml, "seed: 1\n");
+  EXPECT_EQ(b.lease_seconds, kLease);
+  EXPECT_NE(b.attempt_id, a[0].attempt_id);
+  ExperimentInfo info = Info(e);
+  EXPECT_EQ(info.succeeded, 1);
+  EXPECT_EQ(info.leased, 1);
+  EXPECT_EQ(info.pending, 1);
+
+  // Both the result and the new lease are durable: a restart keeps them.
+  Open();
+  EXPECT_EQ(Trial(e, 0).state, TrialState::kSucceeded);
+  EXPECT_EQ(Trial(e, 1).state, TrialState::kLeased);
+  ASSERT_EQ(Trial(e, 1).attempts.size(), 1u);
+  EXPECT_EQ(Trial(e, 1).attempts[0].attempt_id, b.attempt_id);
+  EXPECT_EQ(Trial(e, 1).attempts[0].worker_id, w);
+
+  // max_next_trials = 0 is a plain report.
+  auto none = coordinator_->ReportResultAndAcquire(w, b.attempt_id, Success(2), 0);
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_TRUE(none->empty());
+  EXPECT_EQ(Trial(e, 2).state, TrialState::kPending);
+
+  auto c = Acquire(w, 1);
+  ASSERT_EQ(c.size(), 1u);
+  auto last = coordinator_->ReportResultAndAcquire(w, c[0].attempt_id, Success(3), 1);
+  ASSERT_TRUE(last.ok()) << last.status();
+  EXPECT_TRUE(last->empty());  // nothing pending any more
+  EXPECT_EQ(Info(e).state, ExperimentState::kSucceeded);
+  EXPECT_EQ(coordinator_->Results(e)->size(), 3u);
+}
+
+// The worker's free capacity bounds what the piggy-backed acquisition leases, and a failed
+// trial's report can get the next trial (the failed one is pending again).
+TEST_F(CoordinatorTest, ReportResultAndAcquireRespectsCapacity) {
+  const std::string e = Submit(MakeSweep(5, Cpu()));
+  const std::string w = Register(CpuWorker(/*max_cpu_trials=*/2));
+  auto a = Acquire(w, 2);
+  ASSERT_EQ(a.size(), 2u);
+  // One slot is freed by this report; asking for 3 still leases only 1.
+  auto next = coordinator_->ReportResultAndAcquire(w, a[0].attempt_id, Failure("boom"), 3);
+  ASSERT_TRUE(next.ok()) << next.status();
+  ASSERT_EQ(next->size(), 1u);
+  EXPECT_EQ((*next)[0].trial_id, a[0].trial_id);  // the oldest pending: the failed trial
+  EXPECT_EQ((*next)[0].attempt_number, 2);
+  EXPECT_EQ(Info(e).leased, 2);
+}
+
+// Fencing holds on the piggy-backed path: a stale attempt's report is refused and leases
+// nothing, as is a report naming another worker's attempt; an unknown worker gets NotFound.
+TEST_F(CoordinatorTest, StaleReportGetsNoNewAssignment) {
+  const std::string e = Submit(MakeSweep(3, Cpu()));
+  const std::string w1 = Register(CpuWorker());
+  const std::string w2 = Register(CpuWorker());
+  auto a = Acquire(w1, 1);
+  ASSERT_EQ(a.size(), 1u);
+  clock_.AdvanceSeconds(kLease + 1);
+  ASSERT_TRUE(coordinator_->ExpireLeases().ok());
+  auto b = Acquire(w2, 1);
+  ASSERT_EQ(b.size(), 1u);
+  ASSERT_EQ(b[0].trial_id, a[0].trial_id);
+  ASSERT_EQ(Info(e).pending, 2);
+
+  auto late = coordinator_->ReportResultAndAcquire(w1, a[0].attempt_id, Success(1), 1);
+  EXPECT_EQ(late.status().code(), absl::StatusCode::kFailedPrecondition) << late.status();
+  EXPECT_NE(late.status().message().find("stale attempt"), std::string::npos);
+  auto foreign = coordinator_->ReportResultAndAcquire(w1, b[0].attempt_id, Success(1), 1);
+  EXPECT_EQ(foreign.status().code(), absl::StatusCode::kFailedPrecondition);
+  auto unknown = coordinator_->ReportResultAndAcquire("w-none", b[0].attempt_id, Success(1), 1);
+  EXPECT_EQ(unknown.status().code(), absl::StatusCode::kNotFound);
+  ExperimentInfo info = Info(e);
+  EXPECT_EQ(info.pending, 2);  // nothing was leased by the refused reports
+  EXPECT_EQ(info.leased, 1);
+  EXPECT_EQ(info.succeeded, 0);
+
+  // The current attempt's report still goes through and gets the next trial.
+  auto next = coordinator_->ReportResultAndAcquire(w2, b[0].attempt_id, Success(2), 1);
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_EQ(next->size(), 1u);
+  auto results = coordinator_->Results(e);
+  ASSERT_TRUE(results.ok());
+  ASSERT_EQ(results->size(), 1u);
+  EXPECT_EQ((*results)[0].attempt_id, b[0].attempt_id);
+}
+
+// A retried success (its reply was lost) is acknowledged again and stored once.
+TEST_F(CoordinatorTest, RetriedReportResultAndAcquireIsIdempotent) {
+  const std::string e = Submit(MakeSweep(3, Cpu()));
+  const std::string w = Register(CpuWorker());
+  auto a = Acquire(w, 1);
+  ASSERT_EQ(a.size(), 1u);
+  auto first = coordinator_->ReportResultAndAcquire(w, a[0].attempt_id, Success(1), 1);
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_EQ(first->size(), 1u);
+  // The retry is acknowledged; the lost reply's lease keeps the worker's only slot, so it
+  // gets nothing new until that lease expires.
+  auto retry = coordinator_->ReportResultAndAcquire(w, a[0].attempt_id, Success(1), 1);
+  ASSERT_TRUE(retry.ok()) << retry.status();
+  EXPECT_TRUE(retry->empty());
+  EXPECT_EQ(*store_->CountResults(a[0].trial_id), 1);
+  EXPECT_EQ(Info(e).succeeded, 1);
+}
+
+// The asynchronous forms report the same outcomes through their callback: refusals at once
+// on the calling thread, changes once committed; destroying the coordinator completes the
+// callbacks still waiting.
+TEST_F(CoordinatorTest, AsyncFormsCallBackOnceWithTheOutcome) {
+  const std::string e = Submit(MakeSweep(4, Cpu()));
+  const std::string w = Register(CpuWorker());
+
+  struct Outcome {
+    std::mutex mu;
+    std::condition_variable cv;
+    int calls = 0;
+    absl::StatusOr<std::vector<TrialAssignment>> value;
+    void Set(absl::StatusOr<std::vector<TrialAssignment>> v) {
+      std::lock_guard<std::mutex> lock(mu);
+      ++calls;
+      value = std::move(v);
+      cv.notify_all();
+    }
+    void Wait() {
+      std::unique_lock<std::mutex> lock(mu);
+      cv.wait_for(lock, std::chrono::seconds(10), [&] { return calls > 0; });
+    }
+  };
+  Outcome acquired;
+  coordinator_->AcquireTrialsAsync(
+      w, 1, [&](absl::StatusOr<std::vector<TrialAssignment>> v) { acquired.Set(std::move(v)); });
+  acquired.Wait();
+  ASSERT_EQ(acquired.calls, 1);
+  ASSERT_TRUE(acquired.value.ok()) << acquired.value.status();
+  ASSERT_EQ(acquired.value->size(), 1u);
+  EXPECT_EQ((*acquired.value)[0].config_yaml, "seed: 0\n");
+  const int64_t attempt = (*acquired.value)[0].attempt_id;
+
+  Outcome reported;
+  coordinator_->ReportResultAndAcquireAsync(
+      w, attempt, Success(1), 1,
+      [&](absl::StatusOr<std::vector<TrialAssignment>> v) { reported.Set(std::move(v)); });
+  reported.Wait();
+  ASSERT_EQ(reported.calls, 1);
+  ASSERT_TRUE(reported.value.ok()) << reported.value.status();
+  ASSERT_EQ(reported.value->size(), 1u);
+  EXPECT_EQ(Trial(e, 0).state, TrialState::kSucceeded);
+
+  // A stale report: refused on this thread, before the call returns.
+  Outcome stale;
+  coordinator_->ReportResultAndAcquireAsync(
+      w, attempt, Failure("late"), 1,
+      [&](absl::StatusOr<std::vector<TrialAssignment>> v) { stale.Set(std::move(v)); });
+  EXPECT_EQ(stale.calls, 1);
+  EXPECT_EQ(stale.value.status().code(), absl::StatusCode::kFailedPrecondition);
+
+  absl::Status progress_status = absl::UnknownError("not called");
+  int progress_calls = 0;
+  coordinator_->ReportProgressAsync(w, (*reported.value)[0].attempt_id, 1, 2, 0.5,
+                                    [&](absl::Status s) {
+                                      ++progress_calls;
+                                      progress_status = s;
+                                    });
+  // Destroying the coordinator commits what is queued and runs the waiting callbacks.
+  absl::StatusOr<std::string> registered = absl::UnknownError("not called");
+  int register_calls = 0;
+  coordinator_->RegisterWorkerAsync(CpuWorker(), "", [&](absl::StatusOr<std::string> id) {
+    ++register_calls;
+    registered = std::move(id);
+  });
+  coordinator_.reset();
+  EXPECT_EQ(progress_calls, 1);
+  EXPECT_TRUE(progress_status.ok()) << progress_status;
+  EXPECT_EQ(register_calls, 1);
+  ASSERT_TRUE(registered.ok()) << registered.status();
+  Open();
+  EXPECT_EQ(Trial(e, 1).state, TrialState::kRunning);
+  auto workers = coordinator_->ListWorkers();
+  ASSERT_TRUE(workers.ok());
+  EXPECT_EQ(workers->size(), 2u);
+}
+
+// A failed commit reaches the asynchronous callers as Unavailable, not as success.
+TEST_F(CoordinatorTest, AsyncCallbackSeesAFailedCommit) {
+  StoreOptions options;
+  options.busy_timeout_seconds = 0.05;
+  Open(options);
+  const std::string e = Submit(MakeSweep(2, Cpu()));
+  const std::string w = Register(CpuWorker());
+  auto a = Acquire(w, 1);
+  ASSERT_EQ(a.size(), 1u);
+  sqlite3* other = nullptr;
+  ASSERT_EQ(sqlite3_open(path_.c_str(), &other), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(other, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr), SQLITE_OK);
+  std::mutex mu;
+  std::condition_variable cv;
+  bool called = false;
+  absl::Status status;
+  coordinator_->ReportResultAndAcquireAsync(
+      w, a[0].attempt_id, Success(), 1, [&](absl::StatusOr<std::vector<TrialAssignment>> v) {
+        std::lock_guard<std::mutex> lock(mu);
+        called = true;
+        status = v.status();
+        cv.notify_all();
+      });
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait_for(lock, std::chrono::seconds(10), [&] { return called; });
+  }
+  ASSERT_EQ(sqlite3_exec(other, "ROLLBACK", nullptr, nullptr, nullptr), SQLITE_OK);
+  sqlite3_close(other);
+  ASSERT_TRUE(called);
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
+  Open();
+  EXPECT_EQ(Trial(e, 0).state, TrialState::kLeased);
+  EXPECT_EQ(Trial(e, 1).state, TrialState::kPending);
+}
+
+// Workers that make one call per trial (report + next) lease every trial exactly once.
+TEST_F(CoordinatorTest, ConcurrentOneCallWorkersLeaseEachTrialOnce) {
+  constexpr int kTrials = 120;
+  constexpr int kThreads = 6;
+  const std::string e = Submit(MakeSweep(kTrials, Cpu()));
+  std::vector<std::string> workers;
+  for (int i = 0; i < kThreads; ++i) workers.push_back(Register(CpuWorker(2)));
+  std::mutex mu;
+  std::map<std::string, int> leased;  // trial id -> times
+  std::atomic<int> errors{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kThreads; ++i) {
+    threads.emplace_back([&, i] {
+      auto got = coordinator_->AcquireTrials(workers[i], 2);
+      if (!got.ok()) {
+        ++errors;
+        return;
+      }
+      std::vector<TrialAssignment> held = *got;
+      while (!held.empty()) {
+        TrialAssignment x = held.back();
+        held.pop_back();
+        {
+          std::lock_guard<std::mutex> lock(mu);
+          leased[x.trial_id]++;
+        }
+        const int32_t free_slots = 2 - static_cast<int32_t>(held.size());
+        auto next = coordinator_->ReportResultAndAcquire(workers[i], x.attempt_id, Success(),
+                                                         free_slots);
+        if (!next.ok()) {
+          ++errors;
+          return;
+        }
+        held.insert(held.end(), next->begin(), next->end());
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(errors.load(), 0);
+  EXPECT_EQ(leased.size(), static_cast<size_t>(kTrials));
+  for (const auto& [trial, times] : leased) EXPECT_EQ(times, 1) << trial;
+  EXPECT_EQ(Info(e).succeeded, kTrials);
+  EXPECT_EQ(Info(e).state, ExperimentState::kSucceeded);
 }
 
 // Rough per-call cost (printed, not asserted): each call waits for one commit (an fsync),

@@ -1,6 +1,7 @@
 // The worker daemon against the real Coordinator (coordinator/coordinator.h) in this
 // process, through a CoordinatorConnection that calls it directly, running the real kvscope
 // binary: a small sweep runs to completion, and a cancel stops a running trial.
+#include <atomic>
 #include <memory>
 #include <string>
 #include <thread>
@@ -44,7 +45,10 @@ class DirectConnection : public CoordinatorConnection {
   }
   absl::StatusOr<std::vector<coordinator::TrialAssignment>> AcquireTrials(
       const std::string& worker_id, int32_t max_trials) override {
-    return c_->AcquireTrials(worker_id, max_trials);
+    absl::StatusOr<std::vector<coordinator::TrialAssignment>> got =
+        c_->AcquireTrials(worker_id, max_trials);
+    if (got.ok()) acquired_by_acquire += static_cast<int>(got->size());
+    return got;
   }
   absl::Status ReportProgress(const std::string& worker_id, int64_t attempt_id, int64_t done,
                               int64_t total, double elapsed_s) override {
@@ -54,6 +58,17 @@ class DirectConnection : public CoordinatorConnection {
                             const coordinator::ResultReport& report) override {
     return c_->ReportResult(worker_id, attempt_id, report);
   }
+  absl::StatusOr<std::vector<coordinator::TrialAssignment>> ReportResultAndAcquire(
+      const std::string& worker_id, int64_t attempt_id, const coordinator::ResultReport& report,
+      int32_t max_next_trials) override {
+    absl::StatusOr<std::vector<coordinator::TrialAssignment>> next =
+        c_->ReportResultAndAcquire(worker_id, attempt_id, report, max_next_trials);
+    if (next.ok()) acquired_by_report += static_cast<int>(next->size());
+    return next;
+  }
+
+  // Trials leased through AcquireTrials, and through result reports (one call per trial).
+  std::atomic<int> acquired_by_acquire{0}, acquired_by_report{0};
 
  private:
   coordinator::Coordinator* c_;
@@ -155,6 +170,33 @@ TEST_F(CoordinatorInProcessTest, RunsASweepToCompletion) {
   }
   // Every acknowledged result left the spool.
   EXPECT_TRUE(WaitFor([&] { return SpooledFiles(dir_ + "/work/spool") == 0; }));
+}
+
+// A busy worker makes one call per trial: each result report brings the next trial, so
+// only the first trial comes from AcquireTrials.
+TEST_F(CoordinatorInProcessTest, ResultReportsBringTheNextTrial) {
+  const std::string sweep =
+      "name: one-call\n"
+      "model: {preset: llama-tiny}\n"
+      "memory: {kv_bytes: 4MiB}\n"
+      "workload: {num_requests: 2, input_len: 16, output_len: 4}\n"
+      "threads: 1\n"
+      "matrix:\n"
+      "  request_rate: [1, 2, 3]\n"
+      "seed: 5\n";
+  absl::StatusOr<std::string> id = coordinator_->Submit(sweep, "one-call.yaml");
+  ASSERT_TRUE(id.ok()) << id.status();
+  StartDaemon(1);
+  ASSERT_TRUE(
+      WaitFor([&] { return Info(*id).state != coordinator::ExperimentState::kRunning; }, 40));
+  EXPECT_EQ(Info(*id).succeeded, 3);
+  EXPECT_EQ(connection_->acquired_by_acquire.load(), 1);
+  EXPECT_EQ(connection_->acquired_by_report.load(), 2);
+  absl::StatusOr<std::vector<coordinator::TrialInfo>> trials = coordinator_->ListTrials(*id);
+  ASSERT_TRUE(trials.ok());
+  for (const coordinator::TrialInfo& t : *trials) {
+    EXPECT_EQ(t.attempts.size(), 1u) << t.trial_id;
+  }
 }
 
 TEST_F(CoordinatorInProcessTest, CancelStopsTheRunningTrial) {

@@ -61,6 +61,12 @@ class FakeConnection : public CoordinatorConnection {
     Lock l(mu_);
     interval_ = s;
   }
+  // ReportResultAndAcquire hands out queued assignments (as a coordinator that knows
+  // max_next_trials); off, it answers with none (as an older coordinator).
+  void SetPiggyback(bool on) {
+    Lock l(mu_);
+    piggyback_ = on;
+  }
 
   // --- Records (any thread). ---
   std::vector<std::string> register_ids() const {
@@ -95,6 +101,19 @@ class FakeConnection : public CoordinatorConnection {
   std::vector<Progress> progress() const {
     Lock l(mu_);
     return progress_;
+  }
+  // max_next_trials of each ReportResultAndAcquire, by attempt, in call order.
+  std::map<int64_t, std::vector<int32_t>> next_asks() const {
+    Lock l(mu_);
+    return next_asks_;
+  }
+  int acquired_by_acquire() const {
+    Lock l(mu_);
+    return acquired_by_acquire_;
+  }
+  int acquired_by_report() const {
+    Lock l(mu_);
+    return acquired_by_report_;
   }
 
   // --- CoordinatorConnection. ---
@@ -143,6 +162,7 @@ class FakeConnection : public CoordinatorConnection {
       out.push_back(queue_.front());
       queue_.pop_front();
     }
+    acquired_by_acquire_ += static_cast<int>(out.size());
     return out;
   }
   absl::Status ReportProgress(const std::string& worker_id, int64_t attempt_id, int64_t done,
@@ -163,13 +183,32 @@ class FakeConnection : public CoordinatorConnection {
     results_[attempt_id] = report;
     return absl::OkStatus();
   }
+  absl::StatusOr<std::vector<coordinator::TrialAssignment>> ReportResultAndAcquire(
+      const std::string& worker_id, int64_t attempt_id, const coordinator::ResultReport& report,
+      int32_t max_next_trials) override {
+    {
+      Lock l(mu_);
+      next_asks_[attempt_id].push_back(max_next_trials);
+    }
+    if (absl::Status s = ReportResult(worker_id, attempt_id, report); !s.ok()) return s;
+    Lock l(mu_);
+    std::vector<coordinator::TrialAssignment> out;
+    while (piggyback_ && !queue_.empty() && static_cast<int32_t>(out.size()) < max_next_trials) {
+      out.push_back(queue_.front());
+      queue_.pop_front();
+    }
+    acquired_by_report_ += static_cast<int>(out.size());
+    return out;
+  }
 
  private:
   using Lock = std::lock_guard<std::mutex>;
   mutable std::mutex mu_;
   int register_failures_ = 0;
   absl::Status register_refusal_;
-  bool forget_once_ = false, down_ = false, results_unavailable_ = false;
+  bool forget_once_ = false, down_ = false, results_unavailable_ = false, piggyback_ = false;
+  std::map<int64_t, std::vector<int32_t>> next_asks_;
+  int acquired_by_acquire_ = 0, acquired_by_report_ = 0;
   double interval_ = 0.02;
   int next_id_ = 0;
   std::set<std::string> known_;

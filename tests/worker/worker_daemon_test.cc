@@ -178,6 +178,43 @@ TEST(WorkerDaemonTest, StopAttemptsKillsTheTrialAndDropsItsResult) {
   EXPECT_EQ(SpooledFiles(dir + "/spool"), 0);
 }
 
+// One call per trial: a result report asks for the free slot and the daemon runs what
+// comes back, without an AcquireTrials call in between.
+TEST(WorkerDaemonTest, ResultReportBringsTheNextTrial) {
+  const std::string dir = FreshWorkerTestDir("daemon_piggyback");
+  FakeConnection conn;
+  conn.SetPiggyback(true);
+  conn.AddAssignment(Assignment(41));
+  conn.AddAssignment(Assignment(42));
+  DaemonHarness h(&conn, dir, WriteFakeKvscope(dir, kFakeSuccess));
+  ASSERT_TRUE(WaitFor([&] { return conn.results().count(42) == 1; }));
+  EXPECT_TRUE(h.Stop().ok());
+  EXPECT_EQ(conn.acquired_by_acquire(), 1);
+  EXPECT_EQ(conn.acquired_by_report(), 1);
+  EXPECT_THAT(conn.next_asks()[41], ElementsAre(1));
+  EXPECT_TRUE(conn.results().at(41).succeeded);
+  EXPECT_TRUE(conn.results().at(42).succeeded);
+}
+
+// The last pass after Shutdown() reports what finished but asks for nothing new.
+TEST(WorkerDaemonTest, ShutdownReportsWithoutAskingForMoreTrials) {
+  const std::string dir = FreshWorkerTestDir("daemon_shutdown_ask");
+  const std::string pid_file = dir + "/child.pid";
+  FakeConnection conn;
+  conn.SetPiggyback(true);
+  conn.AddAssignment(Assignment(51));
+  DaemonHarness h(&conn, dir,
+                  WriteFakeKvscope(dir, "echo $$ > " + pid_file + "\nexec sleep 60\n"));
+  ASSERT_TRUE(WaitFor([&] { return h.daemon().RunningAttempts().size() == 1; }));
+  ASSERT_TRUE(WaitFor([&] { return std::filesystem::exists(pid_file); }));
+  conn.AddAssignment(Assignment(52));  // would be handed out by a report asking for one
+  EXPECT_TRUE(h.Stop().ok());
+  EXPECT_EQ(conn.result_calls(51), 1);  // the stopped trial's failure
+  EXPECT_THAT(conn.next_asks()[51], ElementsAre(0));
+  EXPECT_EQ(conn.acquired_by_report(), 0);
+  EXPECT_EQ(conn.result_calls(52), 0);
+}
+
 TEST(WorkerDaemonTest, DropsAStaleResult) {
   const std::string dir = FreshWorkerTestDir("daemon_stale");
   FakeConnection conn;
