@@ -161,6 +161,11 @@ __global__ void __launch_bounds__(kThreads) DecodeKernel(const DecodeParams p) {
 
   // ---- The key range of this split.
   const int32_t s = SequenceOf(p.token_seq, p.seq_q_start, p.num_seqs, t);
+  // Row-range form (the prefill's general path, always unsplit): a row owned by no sequence
+  // is left untouched and flags nothing (attention_prefill.h). With splits the merge kernel
+  // would still read this row's partials, so then the row gets zeros as in the token_seq
+  // form. CTA-uniform, before any barrier.
+  if (s < 0 && p.token_seq == nullptr && p.num_splits == 1) return;
   int32_t n = 0;
   const int32_t* slots = nullptr;
   const int32_t* positions = nullptr;
@@ -648,6 +653,14 @@ absl::Status PagedAttentionImpl(const void* q, int64_t q_stride, int64_t tokens,
   p.error_flag = error_flag;
   const int64_t ky = static_cast<int64_t>(pool.num_kv_heads) * p.head_chunks;
   if (ky > 65535) return absl::InvalidArgumentError("PagedAttention: too many heads");
+  // Grid limits of the second and third kernels, checked before anything is launched.
+  if (splits > 1 && tokens * num_heads > 0x7fffffffLL) {
+    return absl::InvalidArgumentError("PagedAttention: tokens * num_heads too large to split");
+  }
+  if (attn_mass != nullptr && (num_seqs > 65535 || num_heads > 65535)) {
+    return absl::InvalidArgumentError(
+        "PagedAttention: attn_mass supports at most 65535 sequences and heads");
+  }
   // The 16-byte row loads need 16-byte aligned pool bases; otherwise the generic kernel.
   const bool aligned = reinterpret_cast<uintptr_t>(pool.k) % 16 == 0 &&
                        reinterpret_cast<uintptr_t>(pool.v) % 16 == 0;

@@ -134,10 +134,12 @@ absl::Status WriteKv(const CudaKvPool& pool, const void* k, const void* v, int64
         absl::StrCat("WriteKv: token_stride ", token_stride, " < num_kv_heads * head_dim = ", row));
   }
   const int64_t esize = static_cast<int64_t>(DTypeSize(pool.dtype));
+  // (Not esize itself: OR-ing the element size in would cap the word at the element size
+  // and disable the 8/16-byte paths; every value here is already a multiple of it.)
   const int word =
       WordBytes(pool.head_dim * esize, token_stride * esize, reinterpret_cast<uintptr_t>(k),
                 reinterpret_cast<uintptr_t>(v), reinterpret_cast<uintptr_t>(pool.k),
-                reinterpret_cast<uintptr_t>(pool.v), esize);
+                reinterpret_cast<uintptr_t>(pool.v));
   return DispatchWord(word, [&](auto tag) -> absl::Status {
     using W = typename decltype(tag)::type;
     constexpr int64_t kW = sizeof(W);
@@ -161,7 +163,7 @@ absl::Status CopyBlocks(const CudaKvPool& pool, const int32_t* pairs, int64_t nu
   const int64_t esize = static_cast<int64_t>(DTypeSize(pool.dtype));
   const int64_t block_bytes = pool.block_elems() * esize;
   const int word = WordBytes(block_bytes, reinterpret_cast<uintptr_t>(pool.k),
-                             reinterpret_cast<uintptr_t>(pool.v), esize);
+                             reinterpret_cast<uintptr_t>(pool.v));
   return DispatchWord(word, [&](auto tag) -> absl::Status {
     using W = typename decltype(tag)::type;
     const int64_t block_w = block_bytes / static_cast<int64_t>(sizeof(W));

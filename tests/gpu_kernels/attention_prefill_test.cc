@@ -222,6 +222,52 @@ TEST(PrefillAttentionTest, LongChunkOverLongPrefix) {
   }
 }
 
+// Rows outside [seq_q_start[0], seq_q_start[num_seqs]) belong to no sequence: both paths
+// leave them untouched (poisoned) and raise no flag; the owned rows match the CPU.
+TEST(PrefillAttentionTest, RowsOwnedByNoSequenceAreLeftUntouched) {
+  KVSCOPE_SKIP_WITHOUT_GPU();
+  for (bool general : {false, true}) {
+    SCOPED_TRACE(general ? "general" : "tensor cores");
+    std::mt19937 rng(11);
+    const int32_t d = 64, num_heads = 2, row = num_heads * d;
+    TestPool pool = testing::RandomPool(rng, DType::kBF16, 4, 1, 8, d);
+    std::vector<int32_t> free_slots = testing::ShuffledSlots(rng, pool.num_slots());
+    std::vector<TestSeq> seqs = {testing::RandomSeq(rng, free_slots, 10, 1, false)};
+    DeviceSeqs dseqs = testing::UploadSeqs(seqs);
+    // Rows 1..3 are the sequence's queries (positions 7, 8, 9); rows 0 and 4 are not owned.
+    const std::vector<int32_t> token_pos = {0, 7, 8, 9, 0};
+    std::vector<float> q = testing::RoundTo(testing::RandomValues(rng, 5 * row), DType::kBF16);
+    DeviceBuffer dq = testing::Upload(q, DType::kBF16);
+    DeviceBuffer dout = testing::Poisoned(5 * row, 2);
+    DeviceBuffer dstart = testing::UploadRaw(std::vector<int32_t>{1, 4});
+    DeviceBuffer dpos = testing::UploadRaw(token_pos);
+    DeviceBuffer dflag = testing::UploadRaw(std::vector<int32_t>{0});
+    PrefillOptions options;
+    options.force_general = general;
+    ASSERT_TRUE(PrefillAttention(dq.data(), row, 5, num_heads, dstart.as<int32_t>(),
+                                 dpos.as<int32_t>(), pool.DeviceView(), dseqs.data(), 1, 3, 0.125f,
+                                 dout.data(), row, dflag.as<int32_t>(), options, nullptr)
+                    .ok());
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    EXPECT_EQ(testing::DownloadRaw<int32_t>(dflag, 1)[0], 0);
+    const std::vector<float> got = testing::Download(dout, 5 * row, DType::kBF16);
+    for (int32_t i = 0; i < row; ++i) {
+      ASSERT_TRUE(std::isnan(got[i])) << "row 0 written at " << i;
+      ASSERT_TRUE(std::isnan(got[4 * row + i])) << "row 4 written at " << i;
+    }
+    std::vector<SeqKvView> host_views = {seqs[0].HostView()};
+    const std::vector<int32_t> token_seq = {0, 0, 0};
+    std::vector<float> ref(3 * row);
+    ASSERT_TRUE(Attention(q.data() + row, row, 3, num_heads, d, token_seq.data(),
+                          token_pos.data() + 1, pool.HostView(), host_views.data(), 1, 0.125f,
+                          ref.data(), row, nullptr, 0)
+                    .ok());
+    const std::vector<float> owned(got.begin() + row, got.begin() + 4 * row);
+    EXPECT_LE(testing::NormalizedError(owned, testing::ToDouble(ref)),
+              testing::NormTolerance(DType::kBF16));
+  }
+}
+
 TEST(PrefillAttentionTest, BadArgumentsAndNoVisibleKey) {
   KVSCOPE_SKIP_WITHOUT_GPU();
   std::mt19937 rng(9);
