@@ -32,6 +32,10 @@
 #include "engine/workload.h"
 #include "kvcache/registry.h"
 
+#if KVSCOPE_WITH_CUDA
+#include "engine/cuda/gpu_engine.h"
+#endif
+
 namespace kvscope::cli {
 namespace {
 
@@ -238,6 +242,7 @@ absl::Status ApplyFlags(const FlagSet& flags, const BenchFlags& f, engine::Bench
 // Runs the benchmark; returns the process exit code after printing errors.
 absl::StatusOr<int> Run(engine::BenchConfig c, const BenchFlags& f) {
   KVSCOPE_RETURN_IF_ERROR(engine::ValidateBenchConfig(c));
+  KVSCOPE_RETURN_IF_ERROR(engine::CheckBenchConfigRunnable(c));
   engine::BenchQualityOptions quality;
   quality.sample_rate = f.quality_sample_rate;
   quality.steps = static_cast<int32_t>(std::clamp<int64_t>(f.quality_steps, -1, INT32_MAX));
@@ -310,15 +315,54 @@ absl::StatusOr<int> Run(engine::BenchConfig c, const BenchFlags& f) {
         " (prompt + output); raise --kv-memory"));
   }
 
-  engine::EngineOptions options;
-  options.tp_size = c.tp;
-  options.num_threads = c.threads;
   kvcache::KvManager* manager = kv.get();
-  options.kv_factory = [manager](const kvcache::KvShape&, int rank) {
-    return manager->CreateRankCache(rank);
-  };
-  KVSCOPE_ASSIGN_OR_RETURN(std::unique_ptr<engine::Engine> eng,
-                           engine::Engine::Create(model.weights, options));
+  // The forward pass: the CPU engine, or (backend: cuda) the GPU engine, whose device KV pool
+  // takes the strategy's blocks and mirrors each plan's block copies.
+  std::unique_ptr<engine::Engine> eng;
+  engine::StepForward forward;
+#if KVSCOPE_WITH_CUDA
+  std::unique_ptr<engine::cuda::GpuEngine> gpu;
+#endif
+  if (c.backend == "cuda") {
+#if KVSCOPE_WITH_CUDA
+    engine::cuda::GpuEngineOptions g;
+    g.tp_size = c.tp;
+    KVSCOPE_ASSIGN_OR_RETURN(
+        g.shard.dtype,
+        ParseDType(c.gpu_dtype == "f32" ? "F32" : c.gpu_dtype == "fp16" ? "F16" : "BF16"));
+    g.shard.cuda_graphs = c.cuda_graphs;
+    for (int r = 0; r < c.tp; ++r) g.devices.push_back(r);
+    g.comm = c.tp > 1 ? engine::cuda::GpuCommKind::kNccl : engine::cuda::GpuCommKind::kHostStaged;
+    g.kv_factory = [manager](const kvcache::KvShape&, int rank) {
+      return manager->CreateRankCache(rank);
+    };
+    KVSCOPE_ASSIGN_OR_RETURN(gpu, engine::cuda::GpuEngine::Create(model.weights, g));
+    engine::cuda::GpuEngine* gpu_engine = gpu.get();
+    forward = [gpu_engine](absl::Span<const engine::SeqInput> batch,
+                           const kvcache::StepPlan& plan) -> absl::StatusOr<engine::ForwardOutput> {
+      KVSCOPE_RETURN_IF_ERROR(gpu_engine->ApplyPlan(plan));
+      return gpu_engine->Forward(batch);
+    };
+    for (const engine::cuda::GpuMemoryReport& m : gpu->MemoryReports()) {
+      std::printf("kvscope bench: GPU %s\n", m.Describe().c_str());
+    }
+#else
+    return absl::InvalidArgumentError(
+        "backend: cuda, but this kvscope was built without CUDA (configure with "
+        "-DKVSCOPE_CUDA=ON)");
+#endif
+  } else {
+    engine::EngineOptions options;
+    options.tp_size = c.tp;
+    options.num_threads = c.threads;
+    options.kv_factory = [manager](const kvcache::KvShape&, int rank) {
+      return manager->CreateRankCache(rank);
+    };
+    KVSCOPE_ASSIGN_OR_RETURN(eng, engine::Engine::Create(model.weights, options));
+    engine::Engine* cpu_engine = eng.get();
+    forward = [cpu_engine](absl::Span<const engine::SeqInput> batch,
+                           const kvcache::StepPlan&) { return cpu_engine->Forward(batch); };
+  }
 
   std::printf("kvscope bench: %s, strategy %s, KV %s (%lld tokens), %zu requests, tp=%d\n",
               c.model.c_str(), c.strategy.c_str(), FormatBytes(c.kv_memory_bytes).c_str(),
@@ -346,7 +390,7 @@ absl::StatusOr<int> Run(engine::BenchConfig c, const BenchFlags& f) {
       FireFault(fault, p.finished);
     }
   };
-  engine::ServingResult run = engine::RunServing(*eng, *kv, workload, serving);
+  engine::ServingResult run = engine::RunServing(forward, *kv, workload, serving);
   progress.Finish();
 
   engine::ResultDocument doc;
@@ -355,6 +399,10 @@ absl::StatusOr<int> Run(engine::BenchConfig c, const BenchFlags& f) {
       kvcache::ParseStrategyParams(c.strategy, c.strategy_params)->values();
   doc.config["kv_capacity_tokens"] = kv->CapacityTokens();
   doc.environment = EnvironmentFingerprint(static_cast<int64_t>(std::time(nullptr)));
+#if KVSCOPE_WITH_CUDA
+  // Device memory (weights, KV pool, workspace, the plan), pinned host memory, PCIe bytes.
+  if (gpu != nullptr) doc.environment["gpu_memory"] = gpu->MemoryJson();
+#endif
   const double target = c.workload.arrival == engine::ArrivalKind::kAllAtOnce ||
                                 c.workload.arrival == engine::ArrivalKind::kClosedLoop
                             ? 0.0

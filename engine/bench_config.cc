@@ -246,6 +246,7 @@ class ConfigReader {
   absl::Status ReadScheduler(const Field& f, SchedulerOptions* s) const;
   absl::Status ReadGoodput(const Field& f, SloSpec* slo) const;
   absl::Status ReadFault(const Field& f, BenchFault* fault) const;
+  absl::Status ReadGpu(const Field& f, BenchConfig* c) const;
 
   std::string source_;
   std::optional<ArrivalKind> arrival_;       // workload.arrival, when given
@@ -292,8 +293,8 @@ absl::Status ConfigReader::ForEachEntry(const Field& f, const std::vector<std::s
 
 absl::Status ConfigReader::Read(const YAML::Node& root, BenchConfig* c) {
   static const std::vector<std::string> kTop = {
-      "model", "strategy", "memory", "workload", "scheduler", "goodput",
-      "tp",    "threads",  "seed",   "out",      "request_rate"};
+      "model", "strategy", "memory", "workload",     "scheduler", "goodput", "tp",
+      "threads", "seed",   "out",    "request_rate", "backend",   "gpu"};
   static const std::vector<std::string> kTestOnly = {"fault"};  // docs/bench.md
   const Field top{"", root, root.Mark()};
   if (!root.IsNull() && !root.IsMap()) {
@@ -313,6 +314,8 @@ absl::Status ConfigReader::Read(const YAML::Node& root, BenchConfig* c) {
         if (key == "seed") return GetUint64(f, &c->workload.seed);
         if (key == "out") return GetString(f, &c->out_dir);
         if (key == "fault") return ReadFault(f, &c->fault);
+        if (key == "backend") return GetString(f, &c->backend);
+        if (key == "gpu") return ReadGpu(f, c);
         double rate;
         KVSCOPE_RETURN_IF_ERROR(GetRate(f, &rate));
         top_rate_ = rate;
@@ -503,6 +506,15 @@ absl::Status ConfigReader::ReadFault(const Field& f, BenchFault* fault) const {
   return absl::OkStatus();
 }
 
+absl::Status ConfigReader::ReadGpu(const Field& f, BenchConfig* c) const {
+  // `gpu: {dtype: bf16|fp16|f32, cuda_graphs: bool}` (backend cuda).
+  static const std::vector<std::string> kKeys = {"dtype", "cuda_graphs"};
+  return ForEachEntry(f, &kKeys, "", [&](const std::string& key, const Field& v) -> absl::Status {
+    if (key == "dtype") return GetString(v, &c->gpu_dtype);
+    return GetBool(v, &c->cuda_graphs);
+  });
+}
+
 absl::Status Invalid(const std::string& message) {
   return absl::InvalidArgumentError(message);
 }
@@ -544,7 +556,25 @@ absl::Status ParseBenchConfigYaml(const std::string& yaml_text, const std::strin
   return absl::OkStatus();
 }
 
+absl::Status CheckBenchConfigRunnable(const BenchConfig& c) {
+#if !KVSCOPE_WITH_CUDA
+  if (c.backend == "cuda") {
+    return absl::FailedPreconditionError(
+        "backend: cuda, but this kvscope was built without CUDA (configure with "
+        "-DKVSCOPE_CUDA=ON on a machine with the CUDA toolkit, or use backend: cpu)");
+  }
+#endif
+  return absl::OkStatus();
+}
+
 absl::Status ValidateBenchConfig(const BenchConfig& c) {
+  if (c.backend != "cpu" && c.backend != "cuda") {
+    return Invalid(absl::StrCat("backend: found '", c.backend, "', allowed: cpu, cuda"));
+  }
+  if (c.gpu_dtype != "bf16" && c.gpu_dtype != "fp16" && c.gpu_dtype != "f32") {
+    return Invalid(
+        absl::StrCat("gpu.dtype: found '", c.gpu_dtype, "', allowed: bf16, fp16, f32"));
+  }
   if (c.model.empty()) {
     return Invalid("model: give a model directory or preset:NAME (--model, or model: in the "
                    "config)");
@@ -631,11 +661,13 @@ nlohmann::json BenchConfigToJson(const BenchConfig& c) {
                             {"kv_memory_bytes", c.kv_memory_bytes},
                             {"tp", c.tp},
                             {"threads", c.threads},
+                            {"backend", c.backend},
                             {"seed", w.seed},
                             {"workload", std::move(workload)},
                             {"scheduler", std::move(scheduler)},
                             {"slo", std::move(slo)},
                             {"out_dir", c.out_dir}};
+  if (c.backend == "cuda") config["gpu"] = {{"dtype", c.gpu_dtype}, {"cuda_graphs", c.cuda_graphs}};
   if (c.fault.kind != FaultKind::kNone) {  // test-only; absent from ordinary runs
     config["fault"] = {{"kind", FaultKindName(c.fault.kind)},
                        {"exit_after_requests", c.fault.exit_after_requests}};

@@ -11,6 +11,7 @@
 //              input_len: {dist: lognormal, mean: 256, spread: 0.5}, output_len: 64}
 //   scheduler: {max_num_seqs: 256, max_num_batched_tokens: 2048, chunked_prefill: true}
 //   tp: 1
+//   backend: cpu                          # or cuda, with gpu: {dtype: bf16, cuda_graphs: true}
 //   seed: 7
 //
 // Every error names the file, line and key, what was found and what is allowed.
@@ -47,6 +48,13 @@ struct BenchConfig {
   int64_t kv_memory_bytes = 64LL << 20;  // device KV budget per rank
   int32_t tp = 1;
   int32_t threads = 0;  // CPU threads over all ranks; 0 = every core
+  // Where the forward pass runs: "cpu" (engine/engine.h) or "cuda" (engine/cuda/
+  // gpu_engine.h: one GPU per rank, devices 0..tp-1; kvscope built with KVSCOPE_CUDA).
+  std::string backend = "cpu";
+  // backend cuda (`gpu: {dtype: bf16, cuda_graphs: false}`): storage type of weights,
+  // activations and the KV pool ("bf16", "fp16" or "f32"), and CUDA graphs for decode steps.
+  std::string gpu_dtype = "bf16";
+  bool cuda_graphs = false;
   WorkloadSpec workload;  // workload.seed is the trial seed
   SchedulerOptions scheduler;  // max_model_len 0 = the model's context
   SloSpec slo;  // goodput objectives
@@ -60,10 +68,16 @@ struct BenchConfig {
 absl::Status ParseBenchConfigYaml(const std::string& yaml_text, const std::string& source,
                                   BenchConfig* config);
 
-// Checks the whole configuration before any work: model given, budget > 0, tp >= 1, the
-// workload (ValidateWorkloadSpec) and scheduler options (ValidateSchedulerOptions, except
-// max_model_len 0 which is filled from the model later), out_dir given.
+// Checks the whole configuration before any work: model given, budget > 0, tp >= 1, backend
+// "cpu" or "cuda", the workload (ValidateWorkloadSpec) and scheduler options
+// (ValidateSchedulerOptions, except max_model_len 0 which is filled from the model later),
+// out_dir given.
 absl::Status ValidateBenchConfig(const BenchConfig& config);
+
+// OK if this binary can run `config` (FailedPrecondition for `backend: cuda` in a build
+// without CUDA, saying how to fix it). Separate from ValidateBenchConfig because a
+// coordinator built without CUDA still validates sweeps whose trials run on GPU workers.
+absl::Status CheckBenchConfigRunnable(const BenchConfig& config);
 
 // The configuration as JSON, recorded in result.json.
 nlohmann::json BenchConfigToJson(const BenchConfig& config);

@@ -116,6 +116,15 @@ class Arrivals {
 
 ServingResult RunServing(Engine& engine, kvcache::KvManager& kv,
                          const std::vector<RequestSpec>& workload, const ServingOptions& options) {
+  return RunServing(
+      [&engine](absl::Span<const SeqInput> batch, const kvcache::StepPlan&) {
+        return engine.Forward(batch);
+      },
+      kv, workload, options);
+}
+
+ServingResult RunServing(const StepForward& forward_step, kvcache::KvManager& kv,
+                         const std::vector<RequestSpec>& workload, const ServingOptions& options) {
   const Clock& clock = options.clock != nullptr ? *options.clock : RealClock::Get();
   auto sleep = options.sleep ? options.sleep : [](double seconds) {
     std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
@@ -225,7 +234,9 @@ ServingResult RunServing(Engine& engine, kvcache::KvManager& kv,
     step.waiting = scheduler.num_waiting();
     step.swapped = scheduler.num_swapped();
 
-    absl::StatusOr<ForwardOutput> forward = engine.Forward(out->Batch());
+    static const kvcache::StepPlan kNoPlan;
+    absl::StatusOr<ForwardOutput> forward =
+        forward_step(out->Batch(), out->plan != nullptr ? *out->plan : kNoPlan);
     const double forwarded_at = now();
     {  // Counter deltas of this step (offloading strategies).
       kvcache::KvCounters counters = kv.Counters();

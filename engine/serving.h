@@ -60,6 +60,16 @@ struct ServingResult {
 ServingResult RunServing(Engine& engine, kvcache::KvManager& kv,
                          const std::vector<RequestSpec>& workload, const ServingOptions& options);
 
+// One forward step of any engine (the CPU Engine, the GPU engine of engine/cuda/): the batch
+// and the KV plan the manager froze for it (an engine whose KV lives elsewhere mirrors the
+// plan's block transfers before the step). Same contract as Engine::Forward.
+using StepForward = std::function<absl::StatusOr<ForwardOutput>(
+    absl::Span<const SeqInput> batch, const kvcache::StepPlan& plan)>;
+
+// RunServing over a StepForward; the Engine overload above calls this one.
+ServingResult RunServing(const StepForward& forward, kvcache::KvManager& kv,
+                         const std::vector<RequestSpec>& workload, const ServingOptions& options);
+
 }  // namespace kvscope::engine
 
 #endif  // KVSCOPE_ENGINE_SERVING_H_

@@ -234,7 +234,7 @@ TEST(BenchConfigYamlTest, UnknownKeysListTheAllowedOnes) {
             "turns, think_time, first_token_id");
   EXPECT_EQ(ParseError("tp: 1\nmodle: {preset: x}\n"),
             "bench.yaml:2: unknown key 'modle'; allowed: model, strategy, memory, workload, "
-            "scheduler, goodput, tp, threads, seed, out, request_rate");
+            "scheduler, goodput, tp, threads, seed, out, request_rate, backend, gpu");
   EXPECT_THAT(ParseError("workload: {input_len: {mean: 3, sigma: 1}}"),
               StartsWith("bench.yaml:1: unknown key 'workload.input_len.sigma'; allowed: dist, "
                          "mean, spread, min, max"));
@@ -269,7 +269,7 @@ TEST(BenchConfigYamlTest, WrongTypes) {
                          "2147483647], found '3000000000'"));
   EXPECT_EQ(ParseError("- a\n- b\n"),
             "bench.yaml:1: expected a map with the keys model, strategy, memory, workload, "
-            "scheduler, goodput, tp, threads, seed, out, request_rate, found a list");
+            "scheduler, goodput, tp, threads, seed, out, request_rate, backend, gpu, found a list");
   EXPECT_EQ(ParseError("goodput: {ttft_ms: 0}"),
             "bench.yaml:1: key 'goodput.ttft_ms': objectives must be > 0 ms, found '0'");
 }
@@ -384,6 +384,39 @@ TEST(ValidateBenchConfigTest, AcceptsAValidConfigAndMaxModelLenZero) {
   EXPECT_TRUE(ValidateBenchConfig(c).ok()) << ValidateBenchConfig(c);
   c.scheduler.chunked_prefill = false;
   EXPECT_TRUE(ValidateBenchConfig(c).ok()) << ValidateBenchConfig(c);
+}
+
+// `backend: cuda` selects the GPU engine. It is a valid configuration in any build (a
+// coordinator without CUDA validates GPU trials); a binary built without CUDA refuses to
+// run it, naming the key, before any work.
+TEST(ValidateBenchConfigTest, BackendAndGpuOptions) {
+  BenchConfig c = ValidConfig();
+  ASSERT_TRUE(ParseBenchConfigYaml("backend: cuda\ngpu: {dtype: f32, cuda_graphs: true}\n",
+                                   "bench.yaml", &c)
+                  .ok());
+  EXPECT_EQ(c.backend, "cuda");
+  EXPECT_EQ(c.gpu_dtype, "f32");
+  EXPECT_TRUE(c.cuda_graphs);
+  EXPECT_TRUE(ValidateBenchConfig(c).ok()) << ValidateBenchConfig(c);
+  const absl::Status st = CheckBenchConfigRunnable(c);
+#if KVSCOPE_WITH_CUDA
+  EXPECT_TRUE(st.ok()) << st;
+#else
+  EXPECT_TRUE(absl::IsFailedPrecondition(st)) << st;
+  EXPECT_THAT(st.message(), HasSubstr("backend: cuda"));
+  EXPECT_THAT(st.message(), HasSubstr("built without CUDA"));
+#endif
+  EXPECT_EQ(BenchConfigToJson(c)["backend"], "cuda");
+  EXPECT_EQ(BenchConfigToJson(c)["gpu"]["dtype"], "f32");
+  c.backend = "tpu";
+  EXPECT_THAT(ValidateBenchConfig(c).message(), HasSubstr("backend: found 'tpu', allowed: cpu, cuda"));
+  c.backend = "cpu";
+  c.gpu_dtype = "int8";
+  EXPECT_THAT(ValidateBenchConfig(c).message(), HasSubstr("gpu.dtype"));
+  EXPECT_THAT(ParseError("gpu: {dtyp: f32}"), HasSubstr("unknown key 'gpu.dtyp'; allowed: dtype, cuda_graphs"));
+  // The default is the CPU, recorded in the result's config.
+  EXPECT_EQ(BenchConfigToJson(ValidConfig())["backend"], "cpu");
+  EXPECT_FALSE(BenchConfigToJson(ValidConfig()).contains("gpu"));
 }
 
 TEST(ValidateBenchConfigTest, RejectsEachBadField) {

@@ -1,0 +1,185 @@
+#include "engine/cuda/gpu_engine.h"
+
+#include <string>
+#include <thread>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "kvcache/full_kv_cache.h"
+#include "kvcache/managed_kv_cache.h"
+
+namespace kvscope::engine::cuda {
+
+GpuEngine::GpuEngine(std::shared_ptr<const ModelWeights> weights, const GpuEngineOptions& options)
+    : weights_(std::move(weights)), options_(options) {}
+
+GpuEngine::~GpuEngine() = default;
+
+absl::StatusOr<std::unique_ptr<GpuEngine>> GpuEngine::Create(
+    std::shared_ptr<const ModelWeights> weights, const GpuEngineOptions& options) {
+  const int tp = options.tp_size;
+  KVSCOPE_RETURN_IF_ERROR(ValidateTensorParallelSize(weights->config, tp));
+  if (!options.devices.empty() && static_cast<int>(options.devices.size()) != tp) {
+    return absl::InvalidArgumentError(absl::StrCat("GPU engine: ", options.devices.size(),
+                                                   " devices listed for ", tp, " ranks"));
+  }
+  std::unique_ptr<GpuEngine> engine(new GpuEngine(std::move(weights), options));
+  auto device_of = [&options](int r) {
+    return options.devices.empty() ? options.shard.device : options.devices[r];
+  };
+  const kvcache::KvShape shape = KvGeometryFor(engine->weights_->config, tp).RankShape();
+  for (int r = 0; r < tp; ++r) {
+    if (options.kv_factory) {
+      engine->caches_.push_back(options.kv_factory(shape, r));
+    } else {
+      engine->caches_.push_back(std::make_unique<kvcache::FullKvCache>(
+          shape, kvcache::FullKvCache::Options{options.shard.block_size, options.max_kv_tokens}));
+    }
+    kvcache::KvCache& cache = *engine->caches_.back();
+    KVSCOPE_RETURN_IF_ERROR(CheckGpuSupportsCache(cache));
+    GpuShardOptions shard_options = options.shard;
+    shard_options.device = device_of(r);
+    // A cache with a fixed pool (a KvManager's budget) gives the device pool its blocks.
+    const kernels::KvPoolView pool = cache.Pool(0);
+    if (pool.num_blocks > 0 && options.shard.num_kv_blocks == 0) {
+      shard_options.block_size = pool.block_size;
+      shard_options.num_kv_blocks = pool.num_blocks;
+    }
+    KVSCOPE_ASSIGN_OR_RETURN(std::unique_ptr<GpuModelShard> shard,
+                             GpuModelShard::Create(*engine->weights_, r, tp, shard_options));
+    // Swap space mirroring the cache's host pool (paged with preemption_mode=swap).
+    if (auto* managed = dynamic_cast<kvcache::ManagedKvCache*>(&cache); managed != nullptr) {
+      const int64_t host_blocks = managed->HostPool(0).num_blocks;
+      if (host_blocks > 0) KVSCOPE_RETURN_IF_ERROR(shard->EnableHostPool(host_blocks));
+    }
+    engine->shards_.push_back(std::move(shard));
+  }
+  if (options.comm == GpuCommKind::kHostStaged) {
+    engine->group_ = std::make_unique<LocalCommGroup>(tp);
+    for (int r = 0; r < tp; ++r) {
+      engine->comms_.push_back(CreateHostStagedCommunicator(engine->group_->ForRank(r)));
+    }
+  } else {
+    KVSCOPE_ASSIGN_OR_RETURN(std::string id, NewNcclUniqueId());
+    std::vector<absl::StatusOr<std::unique_ptr<DeviceCommunicator>>> made;
+    for (int r = 0; r < tp; ++r) made.emplace_back(absl::UnknownError("not created"));
+    std::vector<std::thread> threads;
+    for (int r = 0; r < tp; ++r) {
+      threads.emplace_back([&, r] { made[r] = CreateNcclCommunicator(id, r, tp, device_of(r)); });
+    }
+    for (std::thread& t : threads) t.join();
+    for (int r = 0; r < tp; ++r) {
+      if (!made[r].ok()) return made[r].status();
+      engine->comms_.push_back(std::move(*made[r]));
+    }
+  }
+  return engine;
+}
+
+absl::StatusOr<ForwardOutput> GpuEngine::Forward(absl::Span<const SeqInput> batch) {
+  if (failed_) {
+    return absl::FailedPreconditionError(
+        "GPU engine stopped after an earlier failure inside the forward pass; create a new one");
+  }
+  // The checks of Engine::Validate.
+  const ModelConfig& c = config();
+  for (const SeqInput& s : batch) {
+    for (size_t j = 0; j < s.tokens.size(); ++j) {
+      if (s.tokens[j] < 0 || s.tokens[j] >= c.vocab_size) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "sequence ", s.seq_id, ": token id ", s.tokens[j], " at position ",
+            s.start_position + static_cast<int64_t>(j), " is outside the vocabulary [0, ",
+            c.vocab_size, ")"));
+      }
+    }
+    const int64_t end = static_cast<int64_t>(s.start_position) + s.tokens.size();
+    if (s.start_position < 0 || end > c.max_position_embeddings) {
+      return absl::OutOfRangeError(absl::StrCat(
+          "sequence ", s.seq_id, ": ", end, " tokens exceed the model's context of ",
+          c.max_position_embeddings, " positions"));
+    }
+  }
+  ForwardOutput out;
+  const int tp = options_.tp_size;
+  std::vector<absl::Status> status(tp);
+  auto run_rank = [&](int r) {
+    status[r] = shards_[r]->Forward(batch, *caches_[r], *comms_[r], r == 0 ? &out : nullptr);
+    if (!status[r].ok()) comms_[r]->Abort();  // release the ranks waiting in a collective
+  };
+  std::vector<std::thread> threads;
+  for (int r = 1; r < tp; ++r) threads.emplace_back(run_rank, r);
+  run_rank(0);
+  for (std::thread& t : threads) t.join();
+  absl::Status first;
+  bool aborted = false;
+  bool prepared = false;
+  for (int r = 0; r < tp; ++r) {
+    prepared = prepared || shards_[r]->step_prepared();
+    if (absl::IsAborted(status[r])) {
+      aborted = true;
+    } else if (!status[r].ok() && first.ok()) {
+      first = status[r];
+    }
+  }
+  if (first.ok() && aborted) first = status[0];
+  if (!first.ok()) {
+    // Only a full cache refused by PrepareStep on every rank leaves the caches in step.
+    failed_ = aborted || prepared || !absl::IsResourceExhausted(first);
+    return first;
+  }
+  return out;
+}
+
+absl::Status GpuEngine::ApplyPlan(const kvcache::StepPlan& plan) {
+  for (auto& shard : shards_) {
+    absl::Status st = shard->ApplyBlockTransfers(plan);
+    if (!st.ok()) {
+      failed_ = true;
+      return st;
+    }
+  }
+  return absl::OkStatus();
+}
+
+nlohmann::json GpuEngine::MemoryJson() const {
+  nlohmann::json ranks = nlohmann::json::array();
+  for (const auto& shard : shards_) {
+    const GpuMemoryReport& m = shard->memory();
+    nlohmann::json r = {{"rank", shard->rank()},
+                        {"device", m.device},
+                        {"dtype", std::string(DTypeName(shard->dtype()))},
+                        {"device_total_bytes", m.device_total_bytes},
+                        {"device_free_bytes", m.device_free_bytes},
+                        {"weight_bytes", m.weight_bytes},
+                        {"kv_pool_bytes", m.kv_pool_bytes},
+                        {"num_kv_blocks", m.num_kv_blocks},
+                        {"workspace_bytes", m.workspace_bytes},
+                        {"pinned_host_bytes", m.pinned_host_bytes},
+                        {"h2d_bytes", m.h2d_bytes},
+                        {"d2h_bytes", m.d2h_bytes},
+                        {"graphs_captured", m.graphs_captured},
+                        {"graph_launches", m.graph_launches},
+                        {"describe", m.Describe()}};
+    if (m.plan.has_value()) {
+      r["plan"] = {{"limit_bytes", m.plan->limit_bytes},
+                   {"kv_bytes", m.plan->kv_bytes},
+                   {"headroom_bytes", m.plan->headroom_bytes}};
+    }
+    ranks.push_back(std::move(r));
+  }
+  return {{"communicator", comms_.empty() ? "" : std::string(comms_[0]->kind())},
+          {"ranks", std::move(ranks)}};
+}
+
+void GpuEngine::Release(int64_t seq_id) {
+  for (auto& cache : caches_) cache->Release(seq_id);
+}
+
+std::vector<GpuMemoryReport> GpuEngine::MemoryReports() const {
+  std::vector<GpuMemoryReport> reports;
+  for (const auto& shard : shards_) reports.push_back(shard->memory());
+  return reports;
+}
+
+}  // namespace kvscope::engine::cuda
