@@ -43,6 +43,7 @@ const std::vector<std::string>& BaseKeys() {
   static const std::vector<std::string> keys = {"model",    "strategy",  "memory",
                                                 "workload", "scheduler", "goodput",
                                                 "tp",       "threads",   "request_rate",
+                                                "gpu",
                                                 "fault"};  // test-only (docs/bench.md)
   return keys;
 }
@@ -972,6 +973,11 @@ absl::StatusOr<Sweep> SweepParser::Parse(const std::string& text) {
     }
     TrialWriter writer;
     writer.EmitEntries(root_node, 0, "");
+    // The placement's backend is also the bench's: `kvscope bench` runs the GPU engine.
+    if (backend == "cuda") {
+      writer.Line(0, "backend: cuda",
+                  {"backend", YAML::Mark::null_mark(), YAML::Mark::null_mark(), ""});
+    }
     const std::string body = writer.text();
     writer.Line(0, absl::StrCat("seed: ", sweep.seed), {"seed", seed_mark_, seed_mark_, ""});
     const std::string point_label = absl::StrJoin(label_parts, " ");

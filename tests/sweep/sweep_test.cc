@@ -247,17 +247,24 @@ matrix:
   EXPECT_EQ(sweep.trials[2].axes["model"], nlohmann::json({{"path", "/models/llama"}}));
 }
 
-TEST(SweepTest, BackendAxisSetsRequirementsOnly) {
+// The backend places the trial and selects the bench's engine: `backend: cuda` reaches the
+// trial's bench YAML (valid in any build; only running it needs CUDA), with the base
+// trial's `gpu` options.
+TEST(SweepTest, BackendAxisSetsRequirementsAndTheBenchBackend) {
   const Sweep sweep = ParseOrDie(R"(name: b
 model: {preset: llama-tiny}
 tp: 2
+gpu: {dtype: f32}
 matrix: {backend: [cpu, cuda]}
 )");
   ASSERT_EQ(sweep.trials.size(), 2u);
   EXPECT_EQ(sweep.trials[0].requirements.gpus, 0);
   EXPECT_EQ(sweep.trials[1].requirements.backend, "cuda");
   EXPECT_EQ(sweep.trials[1].requirements.gpus, 2);
-  EXPECT_EQ(sweep.trials[0].config_yaml, sweep.trials[1].config_yaml);
+  EXPECT_EQ(BenchOf(sweep.trials[0]).backend, "cpu");
+  EXPECT_EQ(BenchOf(sweep.trials[1]).backend, "cuda");
+  EXPECT_EQ(BenchOf(sweep.trials[1]).gpu_dtype, "f32");
+  EXPECT_EQ(sweep.trials[0].config_yaml.find("backend"), std::string::npos);
 }
 
 TEST(SweepTest, QuotedAndOddScalarsSurviveTheRoundTrip) {
