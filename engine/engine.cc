@@ -51,33 +51,12 @@ Engine::Engine(std::shared_ptr<const ModelWeights> weights, const EngineOptions&
 
 Engine::~Engine() = default;
 
-absl::Status Engine::Validate(absl::Span<const SeqInput> batch) const {
-  const ModelConfig& c = config();
-  for (const SeqInput& s : batch) {
-    for (size_t j = 0; j < s.tokens.size(); ++j) {
-      if (s.tokens[j] < 0 || s.tokens[j] >= c.vocab_size) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "sequence ", s.seq_id, ": token id ", s.tokens[j], " at position ",
-            s.start_position + static_cast<int64_t>(j), " is outside the vocabulary [0, ",
-            c.vocab_size, ")"));
-      }
-    }
-    const int64_t end = static_cast<int64_t>(s.start_position) + s.tokens.size();
-    if (s.start_position < 0 || end > c.max_position_embeddings) {
-      return absl::OutOfRangeError(absl::StrCat(
-          "sequence ", s.seq_id, ": ", end, " tokens exceed the model's context of ",
-          c.max_position_embeddings, " positions"));
-    }
-  }
-  return absl::OkStatus();
-}
-
 absl::StatusOr<ForwardOutput> Engine::Forward(absl::Span<const SeqInput> batch) {
   if (failed_) {
     return absl::FailedPreconditionError(
         "engine stopped after an earlier failure inside the forward pass; create a new one");
   }
-  KVSCOPE_RETURN_IF_ERROR(Validate(batch));
+  KVSCOPE_RETURN_IF_ERROR(ValidateSeqInputs(config(), batch));
   ForwardOutput out;
   const int tp = options_.tp_size;
   std::vector<absl::Status> status(tp);

@@ -51,7 +51,6 @@ class Engine {
 
  private:
   Engine(std::shared_ptr<const ModelWeights> weights, const EngineOptions& options);
-  absl::Status Validate(absl::Span<const SeqInput> batch) const;
 
   std::shared_ptr<const ModelWeights> weights_;
   EngineOptions options_;

@@ -28,6 +28,26 @@ std::vector<int> WorkingTensorParallelSizes(const ModelConfig& c, int limit) {
   return sizes;
 }
 
+absl::Status ValidateSeqInputs(const ModelConfig& c, absl::Span<const SeqInput> batch) {
+  for (const SeqInput& s : batch) {
+    for (size_t j = 0; j < s.tokens.size(); ++j) {
+      if (s.tokens[j] < 0 || s.tokens[j] >= c.vocab_size) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "sequence ", s.seq_id, ": token id ", s.tokens[j], " at position ",
+            s.start_position + static_cast<int64_t>(j), " is outside the vocabulary [0, ",
+            c.vocab_size, ")"));
+      }
+    }
+    const int64_t end = static_cast<int64_t>(s.start_position) + s.tokens.size();
+    if (s.start_position < 0 || end > c.max_position_embeddings) {
+      return absl::OutOfRangeError(absl::StrCat(
+          "sequence ", s.seq_id, ": ", end, " tokens exceed the model's context of ",
+          c.max_position_embeddings, " positions"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidateTensorParallelSize(const ModelConfig& c, int tp_size) {
   if (tp_size >= 1) {
     for (int t : WorkingTensorParallelSizes(c, tp_size)) {

@@ -51,6 +51,11 @@ absl::Status ValidateTensorParallelSize(const ModelConfig& config, int tp_size);
 // Tensor-parallel sizes in [1, limit] that can split the model.
 std::vector<int> WorkingTensorParallelSizes(const ModelConfig& config, int limit = 64);
 
+// OK if every token id is in the vocabulary and every sequence fits the model's context;
+// InvalidArgument / OutOfRange naming the sequence and position otherwise. The input check
+// both the CPU and the GPU engine run before a step.
+absl::Status ValidateSeqInputs(const ModelConfig& config, absl::Span<const SeqInput> batch);
+
 // What one rank stores per token at tensor-parallel size `tp` (float32 on the CPU).
 kvcache::KvGeometry KvGeometryFor(const ModelConfig& config, int tp);
 
