@@ -13,7 +13,10 @@
 #   run(command="bash bench/gpu/check.sh run build-gpu/bundle.tar.xz",
 #       carry=["build-gpu/bundle.tar.xz"])
 # `run` exits non-zero when any GPU test fails or crashes; benchmarks and the sanitizer
-# report in the table. Step timeouts keep the whole call inside about 8 minutes.
+# report in the table. CHECK_BUDGET_S (default 420) bounds the whole run: each step's
+# timeout is the smaller of its own limit and the time left, and a step with under 15 s
+# left is skipped and says so in the table. CHECK_STEPS (default "tests sanitizer bench torch
+# hf") picks the steps, for a short call that checks one thing.
 set -uo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
 mode=${1:-}
@@ -25,6 +28,7 @@ build() {
   local shared=${KVSCOPE_SHARED_DIR:-$here/../shared}
   cmake -S "$here" -B "$here/$dir" -G Ninja -DCMAKE_BUILD_TYPE=Release -DKVSCOPE_CUDA=ON \
     -DCMAKE_CUDA_ARCHITECTURES="80;90" -DKVSCOPE_BUILD_TESTS=ON -DKVSCOPE_BUILD_BENCH=ON \
+    -DCMAKE_CUDA_FLAGS=-lineinfo \
     ${CMAKE_EXTRA:-} || die "cmake failed"
   # Every target named gpu_*_tests or gpu_*_bench, whatever exists at this commit.
   mapfile -t targets < <(ninja -C "$here/$dir" -t targets all |
@@ -34,6 +38,7 @@ build() {
   local bundle="$here/$dir/bundle"
   rm -rf "$bundle"
   local bins=()
+  local t
   for t in "${targets[@]}"; do
     bins+=("$(find "$here/$dir" -name "$t" -type f -perm -u+x | head -1)")
   done
@@ -42,7 +47,8 @@ build() {
   mkdir -p "$bundle/shared/models"
   cp -r "$shared/models/tinystories-656k" "$bundle/shared/models/" 2>/dev/null || true
   cp -r "$shared/fixtures" "$shared/data" "$bundle/shared/" 2>/dev/null || true
-  cp "$here/bench/gpu/torch_peers.py" "$bundle/"
+  cp "$here/bench/gpu/torch_peers.py" "$here/bench/gpu/hf_bf16_error.py" \
+    "$here/bench/gpu/sanitizer_summary.py" "$bundle/"
   printf '%s\n' "${targets[@]}" > "$bundle/targets.txt"
   du -sh "$bundle"
   # The device call carries at most 64 MiB: ship one compressed archive (about 20 MB).
@@ -73,11 +79,21 @@ run() {
   card=$(sed -n 2p "$out/gpu.txt")
   echo "# $(date -u +%F) card: $card" | tee -a "$table"
   local failed=0
+  local deadline=$((SECONDS + ${CHECK_BUDGET_S:-420}))
+  # step_limit N: the timeout for a step whose own limit is N seconds (0: skip it).
+  step_limit() {
+    local left=$((deadline - SECONDS))
+    if [ "$left" -lt 15 ]; then echo 0; elif [ "$1" -lt "$left" ]; then echo "$1"; else echo "$left"; fi
+  }
+  local steps=" ${CHECK_STEPS:-tests sanitizer bench torch hf} "
+  want() { [[ "$steps" == *" $1 "* ]]; }
   # 1. GPU tests, each binary with a timeout.
-  while read -r t; do
+  want tests && while read -r t; do
     case "$t" in *_tests) ;; *) continue ;; esac
-    local log="$out/$t.log"
-    timeout 240 "$bundle/run" "$t" --gtest_output="json:$out/$t.json" > "$log" 2>&1
+    local log="$out/$t.log" lim
+    lim=$(step_limit "${TEST_TIMEOUT:-200}")
+    if [ "$lim" -eq 0 ]; then printf 'test\t%s\tskipped: out of time\n' "$t" | tee -a "$table"; failed=1; continue; fi
+    timeout "$lim" "$bundle/run" "$t" --gtest_output="json:$out/$t.json" > "$log" 2>&1
     local rc=$?
     local passed skipped failed_n
     # gtest's closing summary: "[  PASSED  ] N tests.", "[  SKIPPED ] N tests, listed
@@ -91,35 +107,73 @@ run() {
     grep '^\[  FAILED  \] [A-Za-z].*(' "$log" | head -20
     [ "$rc" -eq 0 ] || failed=1
   done < "$bundle/targets.txt"
-  # 2. compute-sanitizer memcheck and racecheck over the kernel tests.
-  if command -v compute-sanitizer > /dev/null && grep -qx gpu_kernels_tests "$bundle/targets.txt"; then
-    for tool in memcheck racecheck; do
-      local log="$out/sanitizer-$tool.log"
-      # `run` execs the binary, so the sanitizer follows it (--target-processes all).
-      timeout 150 compute-sanitizer --tool "$tool" --target-processes all --report-api-errors no --error-exitcode 99 \
-        "$bundle/run" gpu_kernels_tests --gtest_filter="${SANITIZER_FILTER:-*}" > "$log" 2>&1
-      local rc=$?
-      printf 'sanitizer\t%s\trc=%s\t%s\n' "$tool" "$rc" \
-        "$(grep -m1 -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$log")" | tee -a "$table"
-    done
+  # 2. compute-sanitizer memcheck and racecheck over the kernel tests, side by side (the
+  # instrumentation costs host time; the machine has 16 cores). RACECHECK_FILTER drops the
+  # slowest tests from racecheck by default (SampleTokens' large cases: the small ones
+  # still cover the sampling kernels' shared memory).
+  if want sanitizer && command -v compute-sanitizer > /dev/null && grep -qx gpu_kernels_tests "$bundle/targets.txt"; then
+    local lim
+    lim=$(step_limit "${SANITIZER_TIMEOUT:-120}")
+    if [ "$lim" -eq 0 ]; then
+      printf 'sanitizer\tskipped: out of time\n' | tee -a "$table"
+    else
+      local tool pids=()
+      for tool in memcheck racecheck; do
+        local filter=${SANITIZER_FILTER:-*}
+        [ "$tool" = racecheck ] && filter=${RACECHECK_FILTER:-*-SampleTokensTest.LargeVocabulary:SampleTokensTest.MatchesCpuOnManyRowsAndParameters}
+        # `run` execs the binary, so the sanitizer follows it (--target-processes all).
+        timeout "$lim" compute-sanitizer --tool "$tool" --target-processes all \
+          --report-api-errors no --error-exitcode 99 --print-limit 100000 \
+          "$bundle/run" gpu_kernels_tests --gtest_filter="$filter" > "$out/sanitizer-$tool.log" 2>&1 &
+        pids+=($!)
+      done
+      local i=0
+      for tool in memcheck racecheck; do
+        wait "${pids[$i]}"
+        local rc=$?
+        i=$((i + 1))
+        printf 'sanitizer\t%s\trc=%s\t%s\n' "$tool" "$rc" \
+          "$(grep -m1 -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/sanitizer-$tool.log")" | tee -a "$table"
+        if [ "$rc" -ne 0 ] && command -v python3 > /dev/null; then
+          python3 "$bundle/sanitizer_summary.py" "$out/sanitizer-$tool.log" | tee -a "$table"
+        fi
+      done
+    fi
   fi
   # 3. kvscope's GPU benchmarks (TSV rows on stdout).
-  while read -r t; do
+  want bench && while read -r t; do
     case "$t" in *_bench) ;; *) continue ;; esac
-    timeout 120 "$bundle/run" "$t" > "$out/$t.log" 2>&1
+    local lim
+    lim=$(step_limit "${BENCH_TIMEOUT:-90}")
+    if [ "$lim" -eq 0 ]; then echo "# $t skipped: out of time" | tee -a "$table"; continue; fi
+    timeout "$lim" "$bundle/run" "$t" > "$out/$t.log" 2>&1
     echo "# $t rc=$?" >> "$table"
     grep -v '^#' "$out/$t.log" | grep -P '\t' | sed 's/^/kvscope\t/' | tee -a "$table"
   done < "$bundle/targets.txt"
   # 4. The PyTorch peers in the same call.
-  if command -v python3 > /dev/null; then
-    timeout ${TORCH_TIMEOUT:-180} python3 "$bundle/torch_peers.py" --json "$out/torch.json" \
+  if want torch && command -v python3 > /dev/null; then
+    local lim
+    lim=$(step_limit "${TORCH_TIMEOUT:-150}")
+    [ "$lim" -gt 0 ] || lim=1
+    timeout "$lim" python3 "$bundle/torch_peers.py" --json "$out/torch.json" \
       ${TORCH_ARGS:-} > "$out/torch.log" 2>&1
     echo "# torch_peers rc=$?" >> "$table"
     grep -P '^torch\t' "$out/torch.log" | tee -a "$table"
   fi
+  # 5. transformers' own bf16 error on the HF fixtures: the yardstick of the engine's bf16
+  # tolerance in gpu_engine_tests.
+  if want hf && command -v python3 > /dev/null && [ -f "$bundle/hf_bf16_error.py" ]; then
+    local lim
+    lim=$(step_limit 60)
+    if [ "$lim" -gt 0 ]; then
+      timeout "$lim" python3 "$bundle/hf_bf16_error.py" > "$out/hf_bf16_error.log" 2>&1
+      echo "# hf_bf16_error rc=$?" >> "$table"
+      grep -P '^hf_bf16_error\t' "$out/hf_bf16_error.log" | tee -a "$table"
+    fi
+  fi
   echo
   echo "==== kvscope GPU check ($card) ===="
-  column -t -s $'\t' "$table"
+  if command -v column > /dev/null; then column -t -s $'\t' "$table"; else cat "$table"; fi
   return $failed
 }
 

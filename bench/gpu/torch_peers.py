@@ -127,24 +127,40 @@ def weight_gemms(reps, d2d_tbs):
 
 
 def hf_generate():
+    """HF generate on a random Llama-2-7B-shaped bf16 model: whole-call tokens/s, and the
+    decode step time = (time of n new tokens - time of 1 new token) / (n - 1), which takes
+    the prefill out (the same shapes as kvscope's gpu_decode_bench)."""
     from transformers import LlamaConfig, LlamaForCausalLM
     config = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
                          num_attention_heads=32, num_key_value_heads=32, vocab_size=32000,
                          max_position_embeddings=4096)
     torch.manual_seed(0)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
     with torch.device("cuda"):
-        model = LlamaForCausalLM(config).to(torch.bfloat16).eval()
-    for batch, prompt, new in [(1, 128, 64), (32, 512, 64)]:
-        ids = torch.randint(3, 32000, (batch, prompt), device="cuda")
+        model = LlamaForCausalLM(config).eval()
+    torch.set_default_dtype(default)
+
+    def timed(ids, new):
         kwargs = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False)
-        model.generate(ids, max_new_tokens=2, do_sample=False)  # warm-up
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         model.generate(ids, **kwargs)
         torch.cuda.synchronize()
-        total = time.perf_counter() - t0
+        return time.perf_counter() - t0
+
+    for batch, prompt, new in [(1, 128, 64), (32, 512, 64)]:
+        ids = torch.randint(3, 32000, (batch, prompt), device="cuda")
+        timed(ids, 2)  # warm-up
+        first = statistics.median(timed(ids, 1) for _ in range(3))
+        total = statistics.median(timed(ids, new) for _ in range(3))
         emit("hf_generate_llama2_7b", f"b{batch}_p{prompt}_n{new}", total * 1e6,
              batch * new / total, "tok/s")
+        step_ms = (total - first) / (new - 1) * 1e3
+        emit("hf_decode_step_llama2_7b", f"b{batch}_p{prompt}", step_ms * 1e3, step_ms,
+             "ms/step")
+    del model
+    torch.cuda.empty_cache()
 
 
 def main():

@@ -270,9 +270,14 @@ absl::Status InfinigenPartialScores(const float* partial_q, const void* partial_
   const int64_t chunks = (cand_stride + kThreads - 1) / kThreads;
   const dim3 grid(static_cast<unsigned>(pairs),
                   static_cast<unsigned>(chunks < 65535 ? chunks : 65535));
+  // q_shared rounded up to whole 16-byte words: ptxas hoists the tail loop's loads (up to 3
+  // floats past partial_dim) above their guards, harmless on the hardware but out of bounds
+  // for compute-sanitizer memcheck when the allocation ends at partial_dim (seen on the H100
+  // with partial_dim 26). The padding is never read into a result.
+  const size_t q_bytes = static_cast<size_t>((partial_dim + 3) / 4 * 4) * sizeof(float);
   return DispatchDType(dtype, [&](auto tag) -> absl::Status {
     using T = typename decltype(tag)::type;
-    PartialScoresKernel<T><<<grid, kThreads, partial_dim * sizeof(float), stream>>>(
+    PartialScoresKernel<T><<<grid, kThreads, q_bytes, stream>>>(
         partial_q, static_cast<const T*>(partial_keys), num_kv_heads, partial_dim, cand_rows,
         cand_stride, num_cands, num_heads, scores);
     KVSCOPE_CUDA_RETURN_IF_ERROR(cudaGetLastError());

@@ -8,6 +8,7 @@
 // (prefix caching, fork with copy-on-write); memory reports; refusals.
 #include "engine/cuda/gpu_model_shard.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <deque>
@@ -416,8 +417,13 @@ TEST(GpuTinyStoriesTest, TensorParallel2EqualsTp1) {
 }
 
 // Every HF reference fixture: prefill logits and teacher-forced greedy steps against
-// transformers (float32 within the CPU engine's 1e-4 absolute; bf16 within 2e-2 normalized),
-// and the float32 greedy choices identical.
+// transformers (float32 within the CPU engine's 1e-4 absolute), and the float32 greedy
+// choices identical. The bf16 bounds are set by what bf16 does to the same models in
+// transformers itself (bench/gpu/hf_bf16_error.py on the H100, 2026-11-27: normalized error
+// per row against these float32 fixtures, median 0.007-0.013 and max 0.009-0.024 per model):
+// every row within 3e-2, and the median row within 2e-2.
+constexpr double kHfBf16RowTolerance = 3e-2;
+constexpr double kHfBf16MedianTolerance = 2e-2;
 class GpuHfReferenceTest
     : public ::testing::TestWithParam<std::tuple<std::string, std::string>> {};
 
@@ -435,9 +441,17 @@ TEST_P(GpuHfReferenceTest, LogitsNearTransformers) {
     SCOPED_TRACE(gt::DTypeLabel(dtype));
     auto gpu = MakeGpuEngine(weights, GpuOptions(dtype));
     ASSERT_NE(gpu, nullptr);
-    auto near = [dtype](const std::vector<float>& got, const std::vector<float>& want) {
-      return dtype == DType::kF32 ? testing::MaxAbsDiff(got, want) <= 1e-4
-                                  : NormErr(got, want) <= Tolerance(dtype);
+    // The measured error goes into the failure message: a tolerance miss says by how much.
+    std::vector<double> bf16_errors;
+    auto near = [dtype, &bf16_errors](const std::vector<float>& got,
+                                      const std::vector<float>& want) -> ::testing::AssertionResult {
+      const bool f32 = dtype == DType::kF32;
+      const double err = f32 ? testing::MaxAbsDiff(got, want) : NormErr(got, want);
+      const double tol = f32 ? 1e-4 : kHfBf16RowTolerance;
+      if (!f32) bf16_errors.push_back(err);
+      if (err <= tol) return ::testing::AssertionSuccess();
+      return ::testing::AssertionFailure() << (f32 ? "max abs diff " : "normalized error ")
+                                           << err << " > " << tol;
     };
     int64_t seq_id = 1;
     for (const auto& prompt : ref["prompts"]) {
@@ -467,6 +481,11 @@ TEST_P(GpuHfReferenceTest, LogitsNearTransformers) {
         }
       }
       gpu->Release(seq_id++);
+    }
+    if (!bf16_errors.empty()) {
+      std::sort(bf16_errors.begin(), bf16_errors.end());
+      EXPECT_LE(bf16_errors[bf16_errors.size() / 2], kHfBf16MedianTolerance)
+          << "median normalized error of " << bf16_errors.size() << " rows";
     }
   }
 }

@@ -141,15 +141,18 @@ inline DeviceEntries UploadEntries(const HostEntries& e) {
 
 // A pool of random values (uniform in [-2, 2), stored as `dtype`) on the host (as bytes) and
 // on the device.
-struct TestPool {
+// (Named apart from attention_test_util.h's TestPool: two classes of one name in one
+// namespace break the one-definition rule; the linker kept one destructor for both, which
+// freed the wrong members on the H100.)
+struct StrategyPool {
   strategy_reference::BytePool host;
   DeviceBuffer k, v;
   CudaKvPool ref;
 };
 
-inline TestPool RandomPool(std::mt19937& rng, int64_t num_blocks, int32_t kv_heads,
+inline StrategyPool RandomStrategyPool(std::mt19937& rng, int64_t num_blocks, int32_t kv_heads,
                            int32_t block_size, int32_t head_dim, DType dtype) {
-  TestPool p;
+  StrategyPool p;
   const size_t count = static_cast<size_t>(num_blocks) * kv_heads * block_size * head_dim;
   std::uniform_real_distribution<float> u(-2.0f, 2.0f);
   std::vector<float> kf(count), vf(count);

@@ -79,8 +79,8 @@ TEST_P(H2oOpsTest, DecodeAccumulateVictimAndReplace) {
   HostEntries host =
       testing::RandomEntries(rng, shapes, kKvHeads, /*decode=*/true, num_blocks * kBlockSize);
   DeviceEntries dev = testing::UploadEntries(host);
-  testing::TestPool pool =
-      testing::RandomPool(rng, num_blocks, kKvHeads, kBlockSize, head_dim, dtype);
+  testing::StrategyPool pool =
+      testing::RandomStrategyPool(rng, num_blocks, kKvHeads, kBlockSize, head_dim, dtype);
   const int64_t mass_stride = MaxN(shapes) + 2;
   const std::vector<float> mass = RandomMass(rng, host.num_seqs, mass_stride);
   DeviceBuffer mass_dev = testing::UploadRaw(mass);
@@ -135,8 +135,8 @@ TEST_P(H2oOpsTest, CompressSelectKeepAndCompact) {
   HostEntries host =
       testing::RandomEntries(rng, shapes, kKvHeads, /*decode=*/false, num_blocks * kBlockSize);
   DeviceEntries dev = testing::UploadEntries(host);
-  testing::TestPool pool =
-      testing::RandomPool(rng, num_blocks, kKvHeads, kBlockSize, head_dim, dtype);
+  testing::StrategyPool pool =
+      testing::RandomStrategyPool(rng, num_blocks, kKvHeads, kBlockSize, head_dim, dtype);
   const int32_t pairs = host.num_seqs * kKvHeads;
   const int32_t keep_stride = static_cast<int32_t>(MaxN(shapes)) + 1;
   DeviceBuffer keep = testing::Poisoned(static_cast<size_t>(pairs) * keep_stride, 4);
@@ -225,7 +225,7 @@ TEST(H2oOpsArgsTest, BadArgumentsAreRefusedWithoutLaunching) {
   no_total.total = nullptr;
   EXPECT_TRUE(invalid(
       H2oSelectKeep(dev.Lists(), no_total, out.as<int32_t>(), 16, count.as<int32_t>(), nullptr)));
-  testing::TestPool pool = testing::RandomPool(rng, 4, kKvHeads, kBlockSize, 8, DType::kF32);
+  testing::StrategyPool pool = testing::RandomStrategyPool(rng, 4, kKvHeads, kBlockSize, 8, DType::kF32);
   CudaKvPool wrong_heads = pool.ref;
   wrong_heads.num_kv_heads = kKvHeads + 1;
   EXPECT_TRUE(invalid(ReplaceVictims(wrong_heads, dev.Lists(), dev.view_n.as<int32_t>(),

@@ -47,8 +47,8 @@ TEST_P(InfinigenOpsTest, WritePartialKeysCopiesTheColumns) {
   std::mt19937 rng(505 + head_dim);
   const int64_t num_blocks = 9;
   const int32_t pd = head_dim / 5 + 1;  // 8 or 26 columns
-  testing::TestPool pool =
-      testing::RandomPool(rng, num_blocks, kKvHeads, kBlockSize, head_dim, dtype);
+  testing::StrategyPool pool =
+      testing::RandomStrategyPool(rng, num_blocks, kKvHeads, kBlockSize, head_dim, dtype);
   const int64_t rows = num_blocks * kBlockSize;
   std::vector<int32_t> slots = {5, -1, 77, 0, 143, -1, 31};
   std::vector<int32_t> columns(kKvHeads * pd);
@@ -321,7 +321,7 @@ TEST(InfinigenOpsArgsTest, BadArgumentsAreRefusedWithoutLaunching) {
 
   // Gathers: a row outside the pools, too little staging, mismatched pools, null rows.
   std::mt19937 rng(9);
-  testing::TestPool src = testing::RandomPool(rng, 2, 2, kBlockSize, 8, DType::kBF16);
+  testing::StrategyPool src = testing::RandomStrategyPool(rng, 2, 2, kBlockSize, 8, DType::kBF16);
   DeviceBuffer dk = testing::Poisoned(2 * 2 * kBlockSize * 8, 2);
   DeviceBuffer dv = testing::Poisoned(2 * 2 * kBlockSize * 8, 2);
   const CudaKvPool dst{dk.data(), dv.data(), 2, 2, kBlockSize, 8, DType::kBF16};

@@ -77,7 +77,7 @@ void ShiftOnHost(const HostEntries& e, const std::vector<int32_t>& evicted,
   pool->k = testing::ToDType(k, dtype);
 }
 
-void ExpectKeysMatch(const testing::TestPool& pool, const std::vector<char>& rotated, DType dtype) {
+void ExpectKeysMatch(const testing::StrategyPool& pool, const std::vector<char>& rotated, DType dtype) {
   const std::vector<float> got = testing::Download(pool.k, rotated.size(), dtype);
   const std::vector<float> want = testing::FromDType(pool.host.k, dtype);
   int64_t bad = 0;
@@ -106,8 +106,8 @@ TEST_P(StreamingOpsTest, DecodeWindowMoveAndSinkShift) {
   HostEntries host =
       testing::RandomEntries(rng, shapes, kKvHeads, /*decode=*/true, num_blocks * kBlockSize);
   DeviceEntries dev = testing::UploadEntries(host);
-  testing::TestPool pool =
-      testing::RandomPool(rng, num_blocks, kKvHeads, kBlockSize, head_dim, dtype);
+  testing::StrategyPool pool =
+      testing::RandomStrategyPool(rng, num_blocks, kKvHeads, kBlockSize, head_dim, dtype);
   const int32_t pairs = host.num_seqs * kKvHeads;
 
   DeviceBuffer victims = testing::Poisoned(pairs, 4);
@@ -165,8 +165,8 @@ TEST_P(StreamingOpsTest, CompressKeepCompactAndSinkShift) {
   HostEntries host =
       testing::RandomEntries(rng, shapes, kKvHeads, /*decode=*/false, num_blocks * kBlockSize);
   DeviceEntries dev = testing::UploadEntries(host);
-  testing::TestPool pool =
-      testing::RandomPool(rng, num_blocks, kKvHeads, kBlockSize, head_dim, dtype);
+  testing::StrategyPool pool =
+      testing::RandomStrategyPool(rng, num_blocks, kKvHeads, kBlockSize, head_dim, dtype);
   const int32_t pairs = host.num_seqs * kKvHeads;
   const int32_t keep_stride = 611;
   DeviceBuffer keep = testing::Poisoned(static_cast<size_t>(pairs) * keep_stride, 4);
@@ -241,7 +241,7 @@ TEST(StreamingOpsArgsTest, BadArgumentsAreRefusedWithoutLaunching) {
   std::mt19937 rng(8);
   HostEntries host = testing::RandomEntries(rng, {{5, 9, 4, 2}}, kKvHeads, true, 64);
   DeviceEntries dev = testing::UploadEntries(host);
-  testing::TestPool pool = testing::RandomPool(rng, 4, kKvHeads, kBlockSize, 8, DType::kBF16);
+  testing::StrategyPool pool = testing::RandomStrategyPool(rng, 4, kKvHeads, kBlockSize, 8, DType::kBF16);
   DeviceBuffer out = testing::Poisoned(kKvHeads * 16, 4);
   DeviceBuffer count = testing::Poisoned(kKvHeads, 4);
   DeviceBuffer ones = testing::UploadRaw(std::vector<int32_t>(kKvHeads, 1));
