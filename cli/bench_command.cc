@@ -302,8 +302,12 @@ absl::StatusOr<int> Run(engine::BenchConfig c, const BenchFlags& f) {
     }
     context.calibration_ids = std::make_shared<const std::vector<int32_t>>(std::move(ids));
   }
+  // The GPU engine keeps the K/V in its device pool: its rank caches keep bookkeeping only.
+  // (`context` itself keeps host storage: the quality check below runs the CPU engine.)
+  kvcache::KvManagerContext serving_context = context;
+  serving_context.host_kv_storage = c.backend != "cuda";
   KVSCOPE_ASSIGN_OR_RETURN(std::unique_ptr<kvcache::KvManager> kv,
-                           kvcache::CreateKvManager(c.strategy, c.strategy_params, context));
+                           kvcache::CreateKvManager(c.strategy, c.strategy_params, serving_context));
   int64_t smallest = INT64_MAX;
   for (const engine::RequestSpec& r : workload) {
     smallest = std::min<int64_t>(smallest, kv->PeakTokens({r.id, r.prompt, r.output_len}));

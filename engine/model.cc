@@ -260,6 +260,12 @@ absl::Status ModelShard::Attention(int layer, kvcache::KvCache& kv) {
   }
   if (qk_observer_) qk_observer_(layer, q_.data(), k_.data(), tokens_);
   const kernels::KvPoolView pool = kv.Pool(layer);
+  if (pool.k == nullptr || pool.v == nullptr) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "layer ", layer, ": the KV cache has no host K/V storage (it was created for a GPU "
+        "engine, KvManagerContext::host_kv_storage false); the CPU engine needs a cache "
+        "with storage"));
+  }
   KVSCOPE_RETURN_IF_ERROR(kernels::WriteKv(pool, k_.data(), v_.data(), kv_width,
                                            kv.NewTokenSlots().data(), tokens_));
   absl::Span<const kernels::SeqKvView> views = kv.SeqViews(layer);

@@ -179,7 +179,12 @@ absl::StatusOr<double> PerplexityImpl(std::shared_ptr<const ModelWeights> weight
 KvManagerFactory RegistryFactory(const std::string& strategy,
                                  const std::map<std::string, std::string>& params,
                                  const kvcache::KvManagerContext& ctx) {
-  return [strategy, params, ctx]() { return kvcache::CreateKvManager(strategy, params, ctx); };
+  // The quality engines are CPU engines: their caches need host K/V storage.
+  kvcache::KvManagerContext cpu_ctx = ctx;
+  cpu_ctx.host_kv_storage = true;
+  return [strategy, params, cpu_ctx]() {
+    return kvcache::CreateKvManager(strategy, params, cpu_ctx);
+  };
 }
 
 }  // namespace

@@ -152,6 +152,7 @@ std::unique_ptr<KvCache> ContiguousKvManager::CreateRankCache(int rank) {
   options.shape = context_.geometry.RankShape();
   options.block_size = options_.block_size;
   options.num_device_blocks = pool_.num_blocks();
+  options.allocate_storage = context_.host_kv_storage;
   return std::make_unique<ManagedKvCache>(this, &planned_, options);
 }
 

@@ -12,7 +12,7 @@ FullKvCache::FullKvCache(const KvShape& shape, const Options& options)
 void FullKvCache::GrowPool(int64_t num_blocks) {
   const int64_t block_floats =
       static_cast<int64_t>(shape_.num_kv_heads) * options_.block_size * shape_.head_dim;
-  for (int32_t layer = 0; layer < shape_.num_layers; ++layer) {
+  for (int32_t layer = 0; options_.allocate_storage && layer < shape_.num_layers; ++layer) {
     k_[layer].resize(num_blocks * block_floats);
     v_[layer].resize(num_blocks * block_floats);
   }
@@ -79,6 +79,10 @@ absl::Status FullKvCache::PrepareStep(absl::Span<const SeqStep> seqs) {
 }
 
 kernels::KvPoolView FullKvCache::Pool(int32_t layer) {
+  if (!options_.allocate_storage) {
+    return kernels::KvPoolView{nullptr, nullptr, num_blocks_, shape_.num_kv_heads,
+                               options_.block_size, shape_.head_dim};
+  }
   return kernels::KvPoolView{k_[layer].data(), v_[layer].data(), num_blocks_,
                              shape_.num_kv_heads, options_.block_size, shape_.head_dim};
 }

@@ -21,6 +21,9 @@ class FullKvCache final : public KvCache {
     int32_t block_size = 16;
     // Upper bound on tokens held at once over all sequences (0 = unbounded).
     int64_t max_tokens = 0;
+    // false: bookkeeping only (a device engine holds the K/V): the pool grows in blocks
+    // but allocates no memory, and Pool(l) has null k/v.
+    bool allocate_storage = true;
   };
 
   FullKvCache(const KvShape& shape, const Options& options);

@@ -63,6 +63,12 @@ struct KvManagerContext {
   // Token ids of a calibration text, for strategies calibrated offline (infinigen's
   // skewing); null: their seeded random prompt. Shared and never modified.
   std::shared_ptr<const std::vector<int32_t>> calibration_ids = nullptr;
+  // Whether the rank caches (CreateRankCache) allocate float32 K/V storage in host memory.
+  // false when a device engine keeps the K/V (backend: cuda): the paged and contiguous rank
+  // caches then keep only the bookkeeping (slots, views, plans) and their Pool(l) has null
+  // k/v with the real block count, so a large GPU KV budget costs no host memory. Such a
+  // cache cannot serve the CPU engine (it refuses it, FailedPrecondition).
+  bool host_kv_storage = true;
 };
 
 // A sequence as the scheduler knows it.

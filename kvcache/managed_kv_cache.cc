@@ -28,7 +28,7 @@ ManagedKvCache::ManagedKvCache(const KvManager* manager, const PlannedStep* plan
       v_(options.shape.num_layers),
       host_k_(options.shape.num_layers),
       host_v_(options.shape.num_layers) {
-  for (int32_t l = 0; l < options.shape.num_layers; ++l) {
+  for (int32_t l = 0; options.allocate_storage && l < options.shape.num_layers; ++l) {
     k_[l].assign(options.num_device_blocks * block_floats_, 0.0f);
     v_[l].assign(options.num_device_blocks * block_floats_, 0.0f);
     host_k_[l].assign(options.num_host_blocks * block_floats_, 0.0f);
@@ -82,7 +82,7 @@ absl::Status CheckStepsMatchPlan(uint64_t generation, const StepPlan& plan,
 absl::Status ManagedKvCache::PrepareStep(absl::Span<const SeqStep> seqs) {
   KVSCOPE_RETURN_IF_ERROR(CheckStepsMatchPlan(planned_->generation, planned_->plan, seqs));
   const StepPlan& plan = planned_->plan;
-  if (applied_generation_ != planned_->generation) {
+  if (options_.allocate_storage && applied_generation_ != planned_->generation) {
     const int64_t dev = options_.num_device_blocks;
     const int64_t host = options_.num_host_blocks;
     CopyBlocks(k_, v_, host_k_, host_v_, plan.swap_out, dev, host);
@@ -94,12 +94,22 @@ absl::Status ManagedKvCache::PrepareStep(absl::Span<const SeqStep> seqs) {
 }
 
 kernels::KvPoolView ManagedKvCache::Pool(int32_t layer) {
+  if (!options_.allocate_storage) {
+    return kernels::KvPoolView{nullptr, nullptr, options_.num_device_blocks,
+                               options_.shape.num_kv_heads, options_.block_size,
+                               options_.shape.head_dim};
+  }
   return kernels::KvPoolView{k_[layer].data(),           v_[layer].data(),
                              options_.num_device_blocks, options_.shape.num_kv_heads,
                              options_.block_size,        options_.shape.head_dim};
 }
 
 kernels::KvPoolView ManagedKvCache::HostPool(int32_t layer) {
+  if (!options_.allocate_storage) {
+    return kernels::KvPoolView{nullptr, nullptr, options_.num_host_blocks,
+                               options_.shape.num_kv_heads, options_.block_size,
+                               options_.shape.head_dim};
+  }
   return kernels::KvPoolView{host_k_[layer].data(),    host_v_[layer].data(),
                              options_.num_host_blocks, options_.shape.num_kv_heads,
                              options_.block_size,      options_.shape.head_dim};

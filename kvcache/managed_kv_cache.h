@@ -7,6 +7,8 @@
 //     [head_dim] float32 (kernels/ops.h KvPoolView), allocated and zeroed at construction:
 //     this is the memory the KV budget buys;
 //   - host pool, same layout with num_host_blocks blocks, for swap preemption (may be 0).
+// With Options::allocate_storage false neither pool is allocated: the cache is the
+// bookkeeping of a device engine whose own pools hold the K/V.
 // PrepareStep(seqs) checks that `seqs` equal the steps of the manager's current plan
 // (FailedPrecondition otherwise: the scheduler and the model disagree about the batch),
 // applies the plan's block transfers once per plan (swap_out, then swap_in, then copies;
@@ -46,6 +48,10 @@ class ManagedKvCache final : public KvCache {
     int32_t block_size = 16;
     int64_t num_device_blocks = 0;
     int64_t num_host_blocks = 0;
+    // false: no K/V storage at all (KvManagerContext::host_kv_storage): Pool and HostPool
+    // have null k/v, and PrepareStep applies no block transfers (the device engine mirrors
+    // them in its own pools).
+    bool allocate_storage = true;
   };
 
   // `manager` and `planned` (which the manager updates on every Plan) must outlive this.

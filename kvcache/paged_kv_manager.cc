@@ -410,6 +410,7 @@ std::unique_ptr<KvCache> PagedKvManager::CreateRankCache(int rank) {
   options.block_size = options_.block_size;
   options.num_device_blocks = device_.num_blocks();
   options.num_host_blocks = host_ ? host_->num_blocks() : 0;
+  options.allocate_storage = context_.host_kv_storage;
   return std::make_unique<ManagedKvCache>(this, &planned_, options);
 }
 

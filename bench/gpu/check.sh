@@ -16,7 +16,7 @@
 # report in the table. CHECK_BUDGET_S (default 420) bounds the whole run: each step's
 # timeout is the smaller of its own limit and the time left, and a step with under 15 s
 # left is skipped and says so in the table. CHECK_STEPS (default "tests sanitizer bench torch
-# hf") picks the steps, for a short call that checks one thing.
+# hf strategies") picks the steps, for a short call that checks one thing.
 set -uo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
 mode=${1:-}
@@ -34,6 +34,8 @@ build() {
   mapfile -t targets < <(ninja -C "$here/$dir" -t targets all |
     sed -n 's/^\(gpu_[a-z0-9_]*_\(tests\|bench\)\): phony$/\1/p' | sort -u)
   [ ${#targets[@]} -gt 0 ] || die "no gpu_*_tests or gpu_*_bench targets (CUDA not found?)"
+  # The CLI too, for bench/gpu/strategies.sh (kvscope bench with backend: cuda).
+  targets+=(kvscope)
   ninja -C "$here/$dir" -j "$(nproc)" "${targets[@]}" || die "build failed"
   local bundle="$here/$dir/bundle"
   rm -rf "$bundle"
@@ -48,7 +50,7 @@ build() {
   cp -r "$shared/models/tinystories-656k" "$bundle/shared/models/" 2>/dev/null || true
   cp -r "$shared/fixtures" "$shared/data" "$bundle/shared/" 2>/dev/null || true
   cp "$here/bench/gpu/torch_peers.py" "$here/bench/gpu/hf_bf16_error.py" \
-    "$here/bench/gpu/sanitizer_summary.py" "$bundle/"
+    "$here/bench/gpu/sanitizer_summary.py" "$here/bench/gpu/strategies.sh" "$bundle/"
   printf '%s\n' "${targets[@]}" > "$bundle/targets.txt"
   du -sh "$bundle"
   # The device call carries at most 64 MiB: ship one compressed archive (about 20 MB).
@@ -85,7 +87,7 @@ run() {
     local left=$((deadline - SECONDS))
     if [ "$left" -lt 15 ]; then echo 0; elif [ "$1" -lt "$left" ]; then echo "$1"; else echo "$left"; fi
   }
-  local steps=" ${CHECK_STEPS:-tests sanitizer bench torch hf} "
+  local steps=" ${CHECK_STEPS:-tests sanitizer bench torch hf strategies} "
   want() { [[ "$steps" == *" $1 "* ]]; }
   # 1. GPU tests, each binary with a timeout.
   want tests && while read -r t; do
@@ -144,7 +146,8 @@ run() {
   want bench && while read -r t; do
     case "$t" in *_bench) ;; *) continue ;; esac
     local lim
-    lim=$(step_limit "${BENCH_TIMEOUT:-90}")
+    # The decode bench builds 7B synthetic weights and two engines: give it longer.
+    if [ "$t" = gpu_decode_bench ]; then lim=$(step_limit "${DECODE_TIMEOUT:-180}"); else lim=$(step_limit "${BENCH_TIMEOUT:-90}"); fi
     if [ "$lim" -eq 0 ]; then echo "# $t skipped: out of time" | tee -a "$table"; continue; fi
     timeout "$lim" "$bundle/run" "$t" > "$out/$t.log" 2>&1
     echo "# $t rc=$?" >> "$table"
@@ -171,9 +174,30 @@ run() {
       grep -P '^hf_bf16_error\t' "$out/hf_bf16_error.log" | tee -a "$table"
     fi
   fi
+  # 6. Each KV strategy's throughput and memory at kv_budget 1.0 / 0.5 / 0.2 (kvscope bench,
+  # backend: cuda, synthetic llama-3.2-1b).
+  if want strategies && [ -x "$bundle/bin/kvscope" ] && [ -f "$bundle/strategies.sh" ]; then
+    local lim
+    lim=$(step_limit "${STRATEGIES_TIMEOUT:-240}")
+    if [ "$lim" -gt 0 ]; then
+      echo "# strategies: name budget out_tok/s median_tpot_ms peak_kv_MiB host_kv_MiB pool_MiB pinned_MiB h2d_MiB" >> "$table"
+      timeout "$lim" bash "$bundle/strategies.sh" "$bundle" "$out" > "$out/strategies.log" 2>&1
+      echo "# strategies rc=$?" >> "$table"
+      grep -P '^strategy\t' "$out/strategies.log" | tee -a "$table"
+    fi
+  fi
   echo
   echo "==== kvscope GPU check ($card) ===="
   if command -v column > /dev/null; then column -t -s $'\t' "$table"; else cat "$table"; fi
+  # The device call brings back only a few files: pack every log into one archive and keep
+  # the table beside it.
+  if [ -n "${OUT:-}" ]; then
+    local archive
+    archive=$(mktemp --suffix=.tar.xz)
+    tar -C "$out" -cJf "$archive" . 2>/dev/null &&
+      find "$out" -mindepth 1 -maxdepth 1 ! -name table.tsv -exec rm -rf {} + &&
+      mv "$archive" "$out/logs.tar.xz"
+  fi
   return $failed
 }
 

@@ -1,6 +1,11 @@
 // A ragged batch (prompts of different lengths, prefill and decode in one code path) gives
 // each prompt the logits and tokens it gets alone; seeded sampling is batch-invariant.
+#include <memory>
+#include <vector>
+
+#include "engine/presets.h"
 #include "gtest/gtest.h"
+#include "kvcache/full_kv_cache.h"
 #include "tests/engine/engine_test_util.h"
 
 namespace kvscope::engine {
@@ -114,6 +119,27 @@ TEST(BatchingTest, FullKvCacheIsReportedNotCrashing) {
   EXPECT_EQ((*engine)->kv_cache(0).UsedBytes(), 0);
   auto fits = Generate(**engine, {GenerateRequest{{1, 80, 147}, 4, {}}}, {});
   EXPECT_TRUE(fits.ok()) << fits.status();
+}
+
+// A cache made for the GPU engine (no host K/V storage) is refused by the CPU engine with
+// a message that says why, not dereferenced.
+TEST(BatchingTest, CacheWithoutHostStorageIsRefused) {
+  auto config = PresetConfig("llama-tiny");
+  ASSERT_TRUE(config.ok()) << config.status();
+  auto weights = SyntheticWeights(*config, 3);
+  ASSERT_TRUE(weights.ok()) << weights.status();
+  EngineOptions options;
+  options.kv_factory = [](const kvcache::KvShape& shape, int) {
+    return std::make_unique<kvcache::FullKvCache>(
+        shape, kvcache::FullKvCache::Options{16, 0, /*allocate_storage=*/false});
+  };
+  auto engine = Engine::Create(std::make_shared<ModelWeights>(std::move(*weights)), options);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  const std::vector<int32_t> prompt = {1, 5, 9};
+  auto out = (*engine)->Forward({SeqInput{1, prompt, 0, true}});
+  EXPECT_TRUE(absl::IsFailedPrecondition(out.status())) << out.status();
+  EXPECT_NE(out.status().message().find("no host K/V storage"), std::string::npos)
+      << out.status();
 }
 
 }  // namespace

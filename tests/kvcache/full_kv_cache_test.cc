@@ -1,8 +1,9 @@
 #include "kvcache/full_kv_cache.h"
 
-#include <random>
 #include <map>
+#include <random>
 #include <set>
+#include <vector>
 
 #include "gtest/gtest.h"
 
@@ -31,6 +32,38 @@ TEST(FullKvCacheTest, SlotsAreUniqueAndViewsListEveryToken) {
   // Every slot fits in the pool.
   const kernels::KvPoolView pool = cache.Pool(0);
   for (int i = 0; i < 6; ++i) EXPECT_LT(views[0].slots[i], pool.num_blocks * pool.block_size);
+}
+
+// allocate_storage false (the GPU engine's default cache): the same slots, views, growth
+// and accounting as with storage, null k/v.
+TEST(FullKvCacheTest, BookkeepingOnlyCacheMatchesTheStoredOne) {
+  FullKvCache bare({2, 3, 4}, {4, 0, /*allocate_storage=*/false});
+  FullKvCache full({2, 3, 4}, {4, 0});
+  const std::vector<std::vector<SeqStep>> steps = {
+      {{7, 5, 0}, {9, 2, 0}}, {{7, 1, 5}}, {{9, 30, 2}}, {{7, 1, 6}, {9, 1, 32}}};
+  for (const auto& step : steps) {
+    ASSERT_TRUE(bare.PrepareStep(step).ok());
+    ASSERT_TRUE(full.PrepareStep(step).ok());
+    EXPECT_EQ(std::vector<int32_t>(bare.NewTokenSlots().begin(), bare.NewTokenSlots().end()),
+              std::vector<int32_t>(full.NewTokenSlots().begin(), full.NewTokenSlots().end()));
+    for (int32_t l = 0; l < 2; ++l) {
+      EXPECT_EQ(bare.Pool(l).k, nullptr);
+      EXPECT_EQ(bare.Pool(l).v, nullptr);
+      EXPECT_EQ(bare.Pool(l).num_blocks, full.Pool(l).num_blocks);
+      ASSERT_EQ(bare.SeqViews(l).size(), full.SeqViews(l).size());
+      for (size_t i = 0; i < bare.SeqViews(l).size(); ++i) {
+        const kernels::SeqKvView a = bare.SeqViews(l)[i], b = full.SeqViews(l)[i];
+        ASSERT_EQ(a.num_cached, b.num_cached);
+        EXPECT_EQ(std::vector<int32_t>(a.slots, a.slots + a.num_cached),
+                  std::vector<int32_t>(b.slots, b.slots + b.num_cached));
+      }
+    }
+    EXPECT_EQ(bare.ReservedBytes(), full.ReservedBytes());
+    EXPECT_EQ(bare.UsedBytes(), full.UsedBytes());
+  }
+  bare.Release(9);
+  full.Release(9);
+  EXPECT_EQ(bare.UsedBytes(), full.UsedBytes());
 }
 
 TEST(FullKvCacheTest, RejectsInconsistentPositionsWithoutChangingState) {

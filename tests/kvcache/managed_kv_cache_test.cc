@@ -154,6 +154,66 @@ TEST(ManagedKvCacheTest, SwapOutAndInRestoresTheSequenceBitExactly) {
   EXPECT_EQ(ReadView(*cache, cache->SeqViews(0)[1]), original);  // bit exact
 }
 
+// KvManagerContext::host_kv_storage false (the GPU engine's rank caches): no K/V memory,
+// the same pool geometry, and the same slots and views as a cache with storage, through a
+// swap out and in.
+TEST(ManagedKvCacheTest, BookkeepingOnlyCacheServesTheSamePlansWithoutStorage) {
+  KvManagerContext context = ContextForBlocks(4);
+  context.host_kv_storage = false;
+  PagedKvManager::Options options;
+  options.watermark = 0;
+  options.swap = true;
+  auto m = PagedKvManager::Create(context, options);
+  ASSERT_TRUE(m.ok()) << m.status();
+  auto with = SwapManager(4);
+  std::unique_ptr<KvCache> bare = (*m)->CreateRankCache(0);
+  std::unique_ptr<KvCache> full = with->CreateRankCache(0);
+  for (int32_t l = 0; l < 2; ++l) {
+    const kernels::KvPoolView pool = bare->Pool(l);
+    EXPECT_EQ(pool.k, nullptr);
+    EXPECT_EQ(pool.v, nullptr);
+    EXPECT_EQ(pool.num_blocks, full->Pool(l).num_blocks);
+    EXPECT_EQ(pool.block_size, full->Pool(l).block_size);
+    EXPECT_EQ(pool.num_kv_heads, full->Pool(l).num_kv_heads);
+    EXPECT_EQ(pool.head_dim, full->Pool(l).head_dim);
+    EXPECT_EQ(static_cast<ManagedKvCache&>(*bare).HostPool(l).k, nullptr);
+    EXPECT_GT(static_cast<ManagedKvCache&>(*bare).HostPool(l).num_blocks, 0);
+  }
+  // Reserved and used bytes are the manager's accounting, storage or not.
+  auto same_step = [&](const std::vector<SeqStep>& steps) {
+    ASSERT_TRUE((*m)->Plan(steps).ok());
+    ASSERT_TRUE(with->Plan(steps).ok());
+    ASSERT_TRUE(bare->PrepareStep(steps).ok());
+    ASSERT_TRUE(full->PrepareStep(steps).ok());
+    EXPECT_EQ(std::vector<int32_t>(bare->NewTokenSlots().begin(), bare->NewTokenSlots().end()),
+              std::vector<int32_t>(full->NewTokenSlots().begin(), full->NewTokenSlots().end()));
+    ASSERT_EQ(bare->SeqViews(1).size(), full->SeqViews(1).size());
+    for (size_t i = 0; i < bare->SeqViews(1).size(); ++i) {
+      const kernels::SeqKvView a = bare->SeqViews(1)[i], b = full->SeqViews(1)[i];
+      ASSERT_EQ(a.num_cached, b.num_cached);
+      EXPECT_EQ(std::vector<int32_t>(a.slots, a.slots + a.num_cached),
+                std::vector<int32_t>(b.slots, b.slots + b.num_cached));
+    }
+    EXPECT_EQ(bare->ReservedBytes(), full->ReservedBytes());
+  };
+  for (KvManager* k : {static_cast<KvManager*>(m->get()), static_cast<KvManager*>(with.get())}) {
+    ASSERT_TRUE(k->Admit(Request(1, Tokens(40, 1))).ok());
+    ASSERT_TRUE(k->Append(1, Tokens(40, 1)));
+  }
+  same_step({{1, 40, 0}});
+  for (KvManager* k : {static_cast<KvManager*>(m->get()), static_cast<KvManager*>(with.get())}) {
+    ASSERT_TRUE(k->SwapOut(1));
+    ASSERT_TRUE(k->Admit(Request(2, Tokens(20, 2))).ok());
+    ASSERT_TRUE(k->Append(2, Tokens(20, 2)));
+  }
+  same_step({{2, 20, 0}});
+  for (KvManager* k : {static_cast<KvManager*>(m->get()), static_cast<KvManager*>(with.get())}) {
+    k->Free(2);
+    ASSERT_TRUE(k->SwapIn(1).ok());
+  }
+  same_step({{1, 0, 40}});
+}
+
 TEST(ManagedKvCacheTest, AppliesEachPlansCopiesOnce) {
   auto m = SwapManager(4);
   std::unique_ptr<KvCache> cache = m->CreateRankCache(0);
