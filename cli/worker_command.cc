@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <time.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <fstream>
@@ -41,6 +42,19 @@ absl::StatusOr<std::string> ReadToken(const std::string& path) {
   return absl::InvalidArgumentError("--token-file " + path + " holds no token");
 }
 
+// --models (comma-separated or repeated) and --max-trials as CapabilityOptions.
+worker::CapabilityOptions CapabilityOptionsFromFlags(const std::vector<std::string>& models,
+                                                     int64_t max_trials) {
+  worker::CapabilityOptions options;
+  for (const std::string& list : models) {
+    for (absl::string_view dir : absl::StrSplit(list, ',', absl::SkipWhitespace())) {
+      options.model_dirs.emplace_back(absl::StripAsciiWhitespace(dir));
+    }
+  }
+  options.max_cpu_trials = static_cast<int32_t>(std::clamp<int64_t>(max_trials, 1, 1024));
+  return options;
+}
+
 }  // namespace
 
 int RunWorker(const std::vector<std::string>& args) {
@@ -56,6 +70,7 @@ int RunWorker(const std::vector<std::string>& args) {
   std::vector<std::string> models;
   int64_t max_trials = 1;
   double backoff_max = 30;
+  bool print_capabilities = false;
   flags.String("coordinator", &target, "the coordinator's HOST:PORT");
   flags.String("token", &token, "worker bearer token (prefer --token-file)");
   flags.String("token-file", &token_file, "file whose first line is the worker token");
@@ -68,7 +83,17 @@ int RunWorker(const std::vector<std::string>& args) {
                    "folder of models counts each model inside)");
   flags.Int("max-trials", &max_trials, "trials run at once");
   flags.Double("backoff-max", &backoff_max, "longest wait between reconnection attempts, seconds");
+  flags.Bool("print-capabilities", &print_capabilities,
+             "print what this worker would register (CPU, GPUs, topology, models) as JSON and "
+             "exit; needs no coordinator");
   if (std::optional<int> code = flags.ParseOrExitCode(args, nullptr)) return *code;
+  if (print_capabilities) {
+    absl::StatusOr<coordinator::WorkerCapabilities> capabilities =
+        worker::DetectCapabilities(CapabilityOptionsFromFlags(models, max_trials));
+    if (!capabilities.ok()) return Fail(std::string(capabilities.status().message()));
+    std::printf("%s\n", coordinator::CapabilitiesToJson(*capabilities).dump(2).c_str());
+    return 0;
+  }
   if (target.empty()) {
     std::fprintf(stderr, "kvscope worker: --coordinator HOST:PORT is required\n");
     return 2;
@@ -100,15 +125,8 @@ int RunWorker(const std::vector<std::string>& args) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
-  worker::CapabilityOptions capability_options;
-  for (const std::string& list : models) {
-    for (absl::string_view dir : absl::StrSplit(list, ',', absl::SkipWhitespace())) {
-      capability_options.model_dirs.emplace_back(absl::StripAsciiWhitespace(dir));
-    }
-  }
-  capability_options.max_cpu_trials = static_cast<int32_t>(max_trials);
   absl::StatusOr<coordinator::WorkerCapabilities> capabilities =
-      worker::DetectCapabilities(capability_options);
+      worker::DetectCapabilities(CapabilityOptionsFromFlags(models, max_trials));
   if (!capabilities.ok()) return Fail(std::string(capabilities.status().message()));
 
   worker::GrpcConnectionOptions connection_options;

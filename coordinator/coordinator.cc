@@ -107,13 +107,6 @@ void LowerThisThreadPriority(int32_t increment) {
   (void)setpriority(PRIO_PROCESS, tid, std::clamp(current + increment, -20, 19));
 }
 
-namespace {
-
-double WallNow() {
-  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
 nlohmann::json CapabilitiesToJson(const WorkerCapabilities& c) {
   nlohmann::json gpus = nlohmann::json::array();
   for (const GpuInfo& g : c.gpus) {
@@ -128,6 +121,13 @@ nlohmann::json CapabilitiesToJson(const WorkerCapabilities& c) {
           {"topology", c.topology},         {"backends", c.backends},
           {"models", c.models},             {"max_cpu_trials", c.max_cpu_trials},
           {"fingerprint", c.fingerprint}};
+}
+
+namespace {
+
+double WallNow() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
 }
 
 WorkerCapabilities CapabilitiesFromJson(const nlohmann::json& j) {

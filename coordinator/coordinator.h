@@ -76,6 +76,10 @@ struct WorkerCapabilities {
   nlohmann::json fingerprint = nlohmann::json::object();  // common/env_fingerprint.h
 };
 
+// The capabilities as the store and `kvscope workers` show them (and `kvscope worker
+// --print-capabilities` prints them).
+nlohmann::json CapabilitiesToJson(const WorkerCapabilities& c);
+
 struct WorkerInfo {
   std::string worker_id;
   WorkerCapabilities capabilities;

@@ -109,6 +109,15 @@ run() {
     grep '^\[  FAILED  \] [A-Za-z].*(' "$log" | head -20
     [ "$rc" -eq 0 ] || failed=1
   done < "$bundle/targets.txt"
+  # The worker's capability detection on a real GPU: backends must include cuda.
+  if want tests && [ -x "$bundle/bin/kvscope" ]; then
+    timeout 60 "$bundle/run" kvscope worker --print-capabilities > "$out/capabilities.json" \
+      2> "$out/capabilities.log"
+    local caps
+    caps=$(python3 -c 'import json,sys; c=json.load(open(sys.argv[1])); print("backends=%s gpus=%s" % (",".join(c["backends"]), ";".join("%s cc %s %.0f GiB driver %s" % (g["name"], g["compute_capability"], g["memory_bytes"] / 2**30, g["driver"]) for g in c["gpus"])))' "$out/capabilities.json" 2>&1)
+    printf 'capabilities\t%s\n' "$caps" | tee -a "$table"
+    [[ "$caps" == backends=cpu,cuda* ]] || failed=1
+  fi
   # 2. compute-sanitizer memcheck and racecheck over the kernel tests, side by side (the
   # instrumentation costs host time; the machine has 16 cores). RACECHECK_FILTER drops the
   # slowest tests from racecheck by default (SampleTokens' large cases: the small ones
