@@ -13,7 +13,7 @@
 #   run(command="bash bench/gpu/check.sh run build-gpu/bundle.tar.xz",
 #       carry=["build-gpu/bundle.tar.xz"])
 # `run` exits non-zero when any GPU test fails or crashes; benchmarks and the sanitizer
-# report in the table. CHECK_BUDGET_S (default 420) bounds the whole run: each step's
+# report in the table. CHECK_BUDGET_S (default 540) bounds the whole run: each step's
 # timeout is the smaller of its own limit and the time left, and a step with under 15 s
 # left is skipped and says so in the table. CHECK_STEPS (default "tests sanitizer bench torch
 # hf strategies") picks the steps, for a short call that checks one thing.
@@ -81,7 +81,7 @@ run() {
   card=$(sed -n 2p "$out/gpu.txt")
   echo "# $(date -u +%F) card: $card" | tee -a "$table"
   local failed=0
-  local deadline=$((SECONDS + ${CHECK_BUDGET_S:-420}))
+  local deadline=$((SECONDS + ${CHECK_BUDGET_S:-540}))
   # step_limit N: the timeout for a step whose own limit is N seconds (0: skip it).
   step_limit() {
     local left=$((deadline - SECONDS))
@@ -168,7 +168,7 @@ run() {
     lim=$(step_limit "${TORCH_TIMEOUT:-150}")
     [ "$lim" -gt 0 ] || lim=1
     timeout "$lim" python3 "$bundle/torch_peers.py" --json "$out/torch.json" \
-      ${TORCH_ARGS:-} > "$out/torch.log" 2>&1
+      ${TORCH_ARGS---hf} > "$out/torch.log" 2>&1
     echo "# torch_peers rc=$?" >> "$table"
     grep -P '^torch\t' "$out/torch.log" | tee -a "$table"
   fi

@@ -29,7 +29,13 @@ namespace {
 
 constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
-constexpr int kGroupTile = 8;  // query heads of one KV head handled by one CTA
+// Query heads of one KV head handled by one CTA: the kernel is instantiated for tiles of 1,
+// 4 and 8 heads and a launch takes the smallest tile that holds the GQA group (8 for larger
+// groups, in chunks), so q and the accumulators of heads a CTA does not have take no
+// registers (MHA: 1 head, 239 -> about 100 registers per thread for bf16 head_dim 128, more
+// CTAs per SM). 2-head groups take the 4-head tile.
+constexpr int kMaxGroupTile = 8;
+int32_t GroupTileFor(int32_t group) { return group <= 1 ? 1 : group <= 4 ? 4 : kMaxGroupTile; }
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr size_t kWorkspaceAlign = 256;
 
@@ -132,8 +138,9 @@ struct DecodeParams {
   int32_t* error_flag;
 };
 
-// grid: (tokens, num_kv_heads * head_chunks, num_splits); block: kThreads.
-template <typename T, int kHeadDim>
+// grid: (tokens, num_kv_heads * head_chunks, num_splits); block: kThreads. head_chunks =
+// ceil(group / kGroupTile).
+template <typename T, int kHeadDim, int kGroupTile>
 __global__ void __launch_bounds__(kThreads) DecodeKernel(const DecodeParams p) {
   using Tr = DecodeTraits<T, kHeadDim>;
   using Raw = typename Tr::Raw;
@@ -531,7 +538,8 @@ int32_t ChooseAttentionSplits(int64_t tokens, int32_t num_heads, int32_t num_kv_
   if (options.num_splits >= 1) return std::min(options.num_splits, kMaxAttentionSplits);
   if (tokens <= 0 || num_kv_heads <= 0 || num_heads < num_kv_heads || max_cached < 512) return 1;
   const int32_t group = num_heads / num_kv_heads;
-  const int64_t ctas = tokens * num_kv_heads * ((group + kGroupTile - 1) / kGroupTile);
+  const int32_t tile = GroupTileFor(group);
+  const int64_t ctas = tokens * num_kv_heads * ((group + tile - 1) / tile);
   const int64_t target = 2LL * MultiprocessorCount();
   if (ctas >= target) return 1;
   const int64_t by_occupancy = (target + ctas - 1) / ctas;
@@ -642,7 +650,8 @@ absl::Status PagedAttentionImpl(const void* q, int64_t q_stride, int64_t tokens,
   p.head_dim = head_dim;
   p.num_heads = num_heads;
   p.group = num_heads / pool.num_kv_heads;
-  p.head_chunks = (p.group + kGroupTile - 1) / kGroupTile;
+  const int32_t tile = GroupTileFor(p.group);
+  p.head_chunks = (p.group + tile - 1) / tile;
   p.seqs = seqs;
   p.num_seqs = num_seqs;
   p.scale_log2 = scale * kLog2e;
@@ -671,7 +680,11 @@ absl::Status PagedAttentionImpl(const void* q, int64_t q_stride, int64_t tokens,
     using T = typename decltype(tag)::type;
     absl::Status st = DispatchHeadDim(aligned ? head_dim : 1, [&](auto hd) -> absl::Status {
       constexpr int kHeadDim = decltype(hd)::value;
-      DecodeKernel<T, kHeadDim><<<grid, kThreads, 0, stream>>>(p);
+      switch (tile) {
+        case 1: DecodeKernel<T, kHeadDim, 1><<<grid, kThreads, 0, stream>>>(p); break;
+        case 4: DecodeKernel<T, kHeadDim, 4><<<grid, kThreads, 0, stream>>>(p); break;
+        default: DecodeKernel<T, kHeadDim, kMaxGroupTile><<<grid, kThreads, 0, stream>>>(p);
+      }
       KVSCOPE_CUDA_RETURN_IF_ERROR(cudaGetLastError());
       return absl::OkStatus();
     });

@@ -7,9 +7,10 @@
 // original positions, as on the CPU). Long prefills go through attention_prefill.h, which
 // reads K/V once per tile of queries instead of once per query token.
 //
-// Work decomposition. One CTA per (query token, KV head, chunk of up to 8 query heads of the
-// group, split): the query heads sharing a KV head are processed together, so each K/V row is
-// read once per query token. The listed cached tokens may be split into `num_splits` ranges
+// Work decomposition. One CTA per (query token, KV head, chunk of the group's query heads,
+// split): the query heads sharing a KV head are processed together, so each K/V row is read
+// once per query token. A chunk is a tile of 1, 4 or 8 heads, the smallest that holds the
+// group (larger groups in chunks of 8), so an MHA model's CTA carries one head's registers. The listed cached tokens may be split into `num_splits` ranges
 // (flash-decoding): each CTA keeps an online softmax over its range and a second kernel
 // merges the partial results. Rows are read with 16-byte loads (64/128/256 specialised;
 // other head sizes up to 256 use a scalar generic kernel), several rows in flight per warp.

@@ -163,12 +163,13 @@ TEST(PagedAttentionTest, MatchesCpuAcrossDtypesHeadDimsAndGroups) {
   uint32_t seed = 1;
   for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16}) {
     for (int32_t head_dim : {16, 64, 80, 128, 256}) {
-      for (int32_t group : {1, 2, 4, 8}) {
+      // Every head tile of the kernel (1, 4, 8 query heads per CTA), full and partly used.
+      for (int32_t group : {1, 2, 3, 4, 6, 8}) {
         Case c;
         c.dtype = dtype;
         c.head_dim = head_dim;
         c.group = group;
-        c.num_kv_heads = group == 8 ? 1 : 3;
+        c.num_kv_heads = group >= 6 ? 1 : 3;
         c.num_cached = {37, 1, 129, 16};
         c.block_size = head_dim == 256 ? 7 : 16;
         c.seed = seed++;
