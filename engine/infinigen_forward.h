@@ -44,6 +44,12 @@ class InfinigenShard {
   const float* k_weight(int layer) const { return k_[layer].data(); }
   const float* q_bias(int layer) const { return qb_[layer].empty() ? nullptr : qb_[layer].data(); }
   const float* k_bias(int layer) const { return kb_[layer].empty() ? nullptr : kb_[layer].data(); }
+  // OPT only: the partial query weights of this rank, [heads·d', hidden] (each head's folded
+  // rows at its partial columns), and their bias [heads·d'] (null when the model has none).
+  const float* qp_weight(int layer) const { return qp_[layer].data(); }
+  const float* qp_bias(int layer) const {
+    return qpb_[layer].empty() ? nullptr : qpb_[layer].data();
+  }
   // Llama only: x[t, h, :] ← x[t, h, :] · A(layer, KV head of h), in place. x: [tokens]
   // [num_heads][d] with row stride `stride`; `query` says whether heads are query heads.
   void SkewInPlace(int layer, float* x, int64_t tokens, int64_t stride, bool query) const;

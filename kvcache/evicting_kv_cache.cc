@@ -249,7 +249,7 @@ EvictingKvCache::EvictingKvCache(EvictingKvManager* manager,
       v_(shape_.num_layers),
       views_(shape_.num_layers) {
   const int64_t floats = num_blocks_ * shape_.num_kv_heads * kBlockSize * shape_.head_dim;
-  for (int32_t l = 0; l < shape_.num_layers; ++l) {
+  for (int32_t l = 0; manager->host_kv_storage() && l < shape_.num_layers; ++l) {
     k_[l].assign(floats, 0.0f);
     v_[l].assign(floats, 0.0f);
   }
@@ -273,6 +273,10 @@ absl::Status EvictingKvCache::PrepareStep(absl::Span<const SeqStep> seqs) {
 }
 
 kernels::KvPoolView EvictingKvCache::Pool(int32_t layer) {
+  if (!manager_->host_kv_storage()) {  // bookkeeping only (a device engine keeps the K/V)
+    return kernels::KvPoolView{nullptr, nullptr, num_blocks_, shape_.num_kv_heads, kBlockSize,
+                               shape_.head_dim};
+  }
   return kernels::KvPoolView{k_[layer].data(), v_[layer].data(), num_blocks_,
                              shape_.num_kv_heads, kBlockSize,     shape_.head_dim};
 }
@@ -294,7 +298,7 @@ float* EvictingKvCache::AttentionMassBuffer(int32_t layer, int32_t num_heads_loc
 }
 
 void EvictingKvCache::MoveHead(int32_t layer, int32_t head, int32_t src, int32_t dst) {
-  if (src == dst) return;
+  if (src == dst || k_[layer].empty()) return;  // (no storage: bookkeeping only)
   const int64_t d = shape_.head_dim;
   auto at = [&](int32_t slot) {
     return ((static_cast<int64_t>(slot / kBlockSize) * shape_.num_kv_heads + head) * kBlockSize +
@@ -306,6 +310,7 @@ void EvictingKvCache::MoveHead(int32_t layer, int32_t head, int32_t src, int32_t
 }
 
 void EvictingKvCache::ShiftKey(int32_t layer, int32_t head, int32_t slot, int32_t delta) {
+  if (k_[layer].empty()) return;  // no storage: bookkeeping only
   const std::vector<float>& inv_freq = manager_->geometry().rope_inv_freq;
   const int64_t half = static_cast<int64_t>(inv_freq.size());
   float* x = k_[layer].data() +

@@ -115,6 +115,9 @@ class EvictingKvManager : public KvManager {
   int32_t OwnedSlots(int64_t seq_id) const;
   int64_t free_slots() const { return static_cast<int64_t>(free_.size()); }
   const EvictionPolicy& policy() const { return *policy_; }
+  // KvManagerContext::host_kv_storage: false when a device engine keeps the K/V (the rank
+  // caches then hold no K/V memory; their Pool(l) has null k/v and the real block count).
+  bool host_kv_storage() const { return context_.host_kv_storage; }
 
   // ---- Shared with the rank caches (EvictingKvCache); not for other callers. ----
   struct Seq {
@@ -170,8 +173,10 @@ class EvictingKvManager : public KvManager {
 };
 
 // The per-rank KvCache of EvictingKvManager: owns the rank's pool (block layout of
-// kernels/ops.h with block_size kBlockSize), serves per-KV-head views from the manager's
-// entries, accumulates attention mass and applies compression / eviction in OnAttention.
+// kernels/ops.h with block_size kBlockSize; none when the manager's host_kv_storage is
+// false: the CPU engine then refuses the cache, a device engine keeps the K/V), serves
+// per-KV-head views from the manager's entries, accumulates attention mass and applies
+// compression / eviction in OnAttention.
 class EvictingKvCache final : public KvCache {
  public:
   static constexpr int32_t kBlockSize = 16;
@@ -190,6 +195,14 @@ class EvictingKvCache final : public KvCache {
   int32_t NumTokens(int64_t seq_id) const override { return manager_->NumTokens(seq_id); }
   int64_t ReservedBytes() const override { return manager_->Usage().reserved_bytes; }
   int64_t UsedBytes() const override { return manager_->Usage().used_bytes; }
+
+  // ---- For a device engine that does OnAttention's work itself (engine/cuda/
+  // gpu_evicting_state.h): the manager's plan of the step, the manager and this cache's
+  // rank. Such an engine reads and writes only this rank's heads' entries of the planned
+  // sequences, during its Forward, and never calls AttentionMassBuffer / OnAttention. ----
+  const EvictingKvManager::Planned& planned() const { return *planned_; }
+  const EvictingKvManager& manager() const { return *manager_; }
+  int rank() const { return rank_; }
 
  private:
   // Copies K and V of (layer, local head) from slot `src` to slot `dst`.

@@ -53,7 +53,7 @@ absl::Status InfinigenKvCache::PrepareStep(absl::Span<const SeqStep> seqs) {
   const size_t pool_floats = static_cast<size_t>(num_blocks_ * block_floats);
   const size_t pk_floats =
       static_cast<size_t>(planned_->host_slots) * shape_.num_kv_heads * partial_dim_;
-  for (int32_t l = 0; l < shape_.num_layers; ++l) {
+  for (int32_t l = 0; manager_->host_kv_storage() && l < shape_.num_layers; ++l) {
     if (k_[l].size() < pool_floats) {
       k_[l].resize(pool_floats, 0.0f);
       v_[l].resize(pool_floats, 0.0f);
@@ -132,6 +132,11 @@ absl::Span<const kernels::SeqKvView> InfinigenKvCache::SeqViews(int32_t layer) {
 }
 
 absl::Status InfinigenKvCache::Speculate(int32_t layer, const float* partial_q) {
+  if (!manager_->host_kv_storage()) {
+    return absl::FailedPreconditionError(
+        "infinigen: this cache keeps no host K/V (created for a GPU engine, "
+        "KvManagerContext::host_kv_storage false); the CPU engine needs one with storage");
+  }
   if (layer < manager_->dense_layers() || layer >= shape_.num_layers) {
     return absl::InvalidArgumentError(absl::StrCat("infinigen: cannot speculate for layer ", layer,
                                                    " (layers ", manager_->dense_layers(), "..",
@@ -164,17 +169,7 @@ absl::Status InfinigenKvCache::Speculate(int32_t layer, const float* partial_q) 
     InfinigenKvManager::Seq& s = *ps.seq;
     const int32_t position = planned_->plan.steps[i].start_position;
     // Candidates per local KV head: earlier tokens still in the host pool.
-    int32_t n = position;
-    for (int32_t kh = 0; kh < kvh; ++kh) {
-      std::vector<int32_t>& c = cands[kh];
-      c.clear();
-      const int64_t e =
-          (static_cast<int64_t>(layer - manager_->dense_layers()) * g + rank_ * kvh + kh) * s.peak;
-      for (int32_t p = 0; p < position; ++p) {
-        if (s.host_limit == 0 || s.alive[e + p]) c.push_back(p);
-      }
-      n = std::min<int32_t>(n, static_cast<int32_t>(c.size()));
-    }
+    const int32_t n = Candidates(layer, static_cast<int32_t>(r), cands);
     // Partial scores [heads][n] (every KV head holds the same number of live tokens).
     scores_.assign(static_cast<size_t>(heads_per_rank_) * n, 0.0);
     for (int32_t h = 0; h < heads_per_rank_; ++h) {
@@ -226,8 +221,102 @@ absl::Status InfinigenKvCache::Speculate(int32_t layer, const float* partial_q) 
   return absl::OkStatus();
 }
 
+int32_t InfinigenKvCache::Candidates(int32_t layer, int32_t r,
+                                     std::vector<std::vector<int32_t>>& cands) const {
+  const int32_t kvh = shape_.num_kv_heads;
+  const int32_t g = manager_->global_kv_heads();
+  const InfinigenKvManager::Seq& s = *planned_->seqs[spec_seq_[r]].seq;
+  const int32_t position = planned_->plan.steps[spec_seq_[r]].start_position;
+  cands.resize(kvh);
+  int32_t n = position;
+  for (int32_t kh = 0; kh < kvh; ++kh) {
+    std::vector<int32_t>& c = cands[kh];
+    c.clear();
+    const int64_t e =
+        (static_cast<int64_t>(layer - manager_->dense_layers()) * g + rank_ * kvh + kh) * s.peak;
+    for (int32_t p = 0; p < position; ++p) {
+      if (s.host_limit == 0 || s.alive[e + p]) c.push_back(p);
+    }
+    n = std::min<int32_t>(n, static_cast<int32_t>(c.size()));
+  }
+  return n;
+}
+
+void InfinigenKvCache::SpeculationCandidates(int32_t layer, int32_t r,
+                                             std::vector<std::vector<int32_t>>* cands) const {
+  const int32_t n = Candidates(layer, r, *cands);
+  for (std::vector<int32_t>& c : *cands) c.resize(n);
+}
+
+absl::Status InfinigenKvCache::RecordSpeculation(int32_t layer, absl::Span<const int32_t> counts,
+                                                 absl::Span<const int32_t> positions,
+                                                 int32_t stride) {
+  const int32_t kvh = shape_.num_kv_heads;
+  if (layer < manager_->dense_layers() || layer >= shape_.num_layers) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("infinigen: cannot record a selection for layer ", layer));
+  }
+  if (counts.size() != spec_seq_.size() ||
+      positions.size() < spec_seq_.size() * static_cast<size_t>(kvh) * stride) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "infinigen: RecordSpeculation got ", counts.size(), " counts and ", positions.size(),
+        " positions for ", spec_seq_.size(), " sparse sequences"));
+  }
+  const int32_t g = manager_->global_kv_heads();
+  const int64_t head_token_bytes = 2LL * shape_.head_dim * static_cast<int64_t>(sizeof(float));
+  std::vector<kernels::SeqKvView>& views = views_[layer];
+  views = full_views_;
+  size_t backing = 0;
+  for (int32_t c : counts) backing += static_cast<size_t>(kvh) * (std::max(c, 0) + 1);
+  std::vector<int32_t>& sel_slots = sel_slots_[layer];
+  std::vector<int32_t>& sel_pos = sel_pos_[layer];
+  sel_slots.resize(backing);
+  sel_pos.resize(backing);
+  size_t at = 0;
+  for (size_t r = 0; r < spec_seq_.size(); ++r) {
+    const int32_t i = spec_seq_[r];
+    InfinigenKvManager::Seq& s = *planned_->seqs[i].seq;
+    const int32_t position = planned_->plan.steps[i].start_position;
+    const int32_t count = counts[r];
+    if (count < 0 || count > s.max_num_kv || count > position || count > stride) {
+      return absl::InvalidArgumentError(absl::StrCat("infinigen: recorded count ", count,
+                                                     " for a sequence at position ", position,
+                                                     " with max_num_kv ", s.max_num_kv));
+    }
+    const int64_t base = PrefetchSlot(layer, static_cast<int32_t>(r));
+    const int32_t view_stride = count + 1;
+    for (int32_t kh = 0; kh < kvh; ++kh) {
+      int32_t* slots = sel_slots.data() + at + static_cast<size_t>(kh) * view_stride;
+      int32_t* pos = sel_pos.data() + at + static_cast<size_t>(kh) * view_stride;
+      const int32_t* picked = positions.data() + (r * kvh + kh) * static_cast<size_t>(stride);
+      const int64_t e =
+          (static_cast<int64_t>(layer - manager_->dense_layers()) * g + rank_ * kvh + kh) * s.peak;
+      for (int32_t j = 0; j < count; ++j) {
+        const int32_t p = picked[j];
+        if (p < 0 || p >= position) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "infinigen: recorded position ", p, " outside [0, ", position, ")"));
+        }
+        slots[j] = static_cast<int32_t>(base + j);
+        pos[j] = p;
+        if (s.host_limit > 0) ++s.count[e + p];
+      }
+      slots[count] = s.slots[position];
+      pos[count] = position;
+    }
+    views[i] = kernels::SeqKvView{sel_slots.data() + at, sel_pos.data() + at, view_stride,
+                                  view_stride};
+    at += static_cast<size_t>(kvh) * view_stride;
+    stats_->h2d_bytes += static_cast<int64_t>(count) * kvh * head_token_bytes;
+    stats_->selected_tokens_per_layer[layer] += count;
+    stats_->selections_per_layer[layer] += 1;
+  }
+  speculated_[layer] = true;
+  return absl::OkStatus();
+}
+
 void InfinigenKvCache::OnAttention(int32_t layer) {
-  if (layer < manager_->dense_layers()) return;
+  if (layer < manager_->dense_layers() || !manager_->host_kv_storage()) return;
   const InfinigenSkew* skew = manager_->skew();
   const int32_t kvh = shape_.num_kv_heads;
   float* pk = pk_[layer].data();
@@ -243,7 +332,9 @@ void InfinigenKvCache::OnAttention(int32_t layer) {
 }
 
 bool InfinigenKvCache::WantsMassSample(int32_t layer) const {
-  if (layer < manager_->dense_layers() || !speculated_[layer]) return false;
+  if (layer < manager_->dense_layers() || !speculated_[layer] || !manager_->host_kv_storage()) {
+    return false;
+  }
   for (int32_t i : spec_seq_) {
     if (planned_->seqs[i].sample_mass) return true;
   }

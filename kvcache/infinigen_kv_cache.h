@@ -11,8 +11,10 @@
 //                                             the layer picks one), where Speculate copies
 //                                             the selected tokens' K/V.
 // On the CPU both regions are one allocation so the attention op reads them through one
-// KvPoolView; a CUDA build keeps the host region in pinned host memory and the buffers on
-// the device (the copy below becomes a cudaMemcpyAsync on a prefetch stream).
+// KvPoolView. The GPU engine (engine/cuda/gpu_infinigen.h) keeps the same slot numbering on
+// the device, the host region in pinned host memory, selects on the device and records the
+// outcome here (RecordSpeculation); with KvManagerContext::host_kv_storage false this cache
+// then allocates no K/V or partial keys (Speculate refuses, FailedPrecondition).
 // Partial key cache, per layer >= dense_layers (default 2): [host_slots][kv_heads]
 // [partial_dim] skewed key columns (written in OnAttention from the keys the layer stored).
 //
@@ -77,6 +79,38 @@ class InfinigenKvCache final : public KvCache {
   // stride q_stride (the step's skewed queries of the layer).
   void SampleAttentionMass(int32_t layer, const float* q, int64_t q_stride, float scale);
 
+  // ---- For a device implementation (engine/cuda/gpu_infinigen.h), which scores, selects
+  // and gathers on the device with the rules of Speculate and records the outcome here
+  // instead of calling Speculate. r indexes SpeculationRows(). ----
+  // The candidates Speculate would score at `layer` for sparse sequence r: per local KV head
+  // the positions still in the host pool, ascending, truncated to the common count n (the
+  // minimum over the heads). `layer` in [dense_layers, num_layers).
+  void SpeculationCandidates(int32_t layer, int32_t r,
+                             std::vector<std::vector<int32_t>>* cands) const;
+  // The step facts of sparse sequence r: its new token's position, the host slot of a
+  // position, its max_num_kv, and its first prefetch-buffer slot at `layer` (the selected
+  // tokens go to that slot + j, j < n').
+  int32_t SparsePosition(int32_t r) const {
+    return planned_->plan.steps[spec_seq_[r]].start_position;
+  }
+  int32_t SparseSlot(int32_t r, int32_t position) const {
+    return planned_->seqs[spec_seq_[r]].seq->slots[position];
+  }
+  int32_t SparseMaxNumKv(int32_t r) const { return planned_->seqs[spec_seq_[r]].seq->max_num_kv; }
+  int64_t PrefetchSlot(int32_t layer, int32_t r) const {
+    return staging_base_[layer & 1] + planned_->seqs[spec_seq_[r]].staging_offset;
+  }
+  // The step index (into the step's sequences and SeqViews) of sparse sequence r.
+  int32_t SparseStepIndex(int32_t r) const { return spec_seq_[r]; }
+  // Records layer `layer`'s selection made elsewhere, as Speculate would have left it
+  // without copying any K/V: counts[r] = n' of sparse sequence r; positions[(r * kv_heads +
+  // kh) * stride + j], j < counts[r], the selected positions (ascending, from
+  // SpeculationCandidates). Sets the layer's views (prefetch slots, then the new token),
+  // SelectedPositions, the statistics and the eviction counters. InvalidArgument for a layer
+  // outside [dense_layers, num_layers), a count above max_num_kv or a wrong span size.
+  absl::Status RecordSpeculation(int32_t layer, absl::Span<const int32_t> counts,
+                                 absl::Span<const int32_t> positions, int32_t stride);
+
   // For tests: the positions layer `layer` selected for step sequence `i` and local KV head
   // `kv_head` in the last Speculate (ascending; empty if none).
   std::vector<int32_t> SelectedPositions(int32_t layer, int32_t i, int32_t kv_head) const;
@@ -92,6 +126,8 @@ class InfinigenKvCache final : public KvCache {
     return ((slot / kBlock) * shape_.num_kv_heads + head) * kBlock * shape_.head_dim +
            (slot % kBlock) * shape_.head_dim;
   }
+  // SpeculationCandidates into cands (one list per local KV head); returns n.
+  int32_t Candidates(int32_t layer, int32_t r, std::vector<std::vector<int32_t>>& cands) const;
   // Counter-based host-pool eviction of this rank's heads before a decode token is added.
   void EvictForDecode(InfinigenKvManager::Seq& s, int32_t position);
 

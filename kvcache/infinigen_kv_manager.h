@@ -151,6 +151,9 @@ class InfinigenKvManager final : public KvManager {
     return std::min(options_.dense_layers, context_.geometry.num_layers);
   }
   int32_t sparse_layers() const { return context_.geometry.num_layers - dense_layers(); }
+  // false: the rank caches keep no K/V or partial keys (a GPU engine holds them; Pool(l)
+  // then has null k/v and only Speculate's bookkeeping half, RecordSpeculation, is usable).
+  bool host_kv_storage() const { return context_.host_kv_storage; }
 
  private:
   InfinigenKvManager(const KvManagerContext& context, const InfinigenOptions& options,

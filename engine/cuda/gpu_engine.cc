@@ -6,6 +6,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "engine/infinigen_calibration.h"
+#include "kvcache/infinigen_kv_cache.h"
 #include "kvcache/full_kv_cache.h"
 #include "kvcache/managed_kv_cache.h"
 
@@ -33,8 +35,10 @@ absl::StatusOr<std::unique_ptr<GpuEngine>> GpuEngine::Create(
     if (options.kv_factory) {
       engine->caches_.push_back(options.kv_factory(shape, r));
     } else {
+      // Bookkeeping only: the K/V live in the shard's device pool.
       engine->caches_.push_back(std::make_unique<kvcache::FullKvCache>(
-          shape, kvcache::FullKvCache::Options{options.shard.block_size, options.max_kv_tokens}));
+          shape, kvcache::FullKvCache::Options{options.shard.block_size, options.max_kv_tokens,
+                                               /*allocate_storage=*/false}));
     }
     kvcache::KvCache& cache = *engine->caches_.back();
     KVSCOPE_RETURN_IF_ERROR(CheckGpuSupportsCache(cache));
@@ -46,8 +50,35 @@ absl::StatusOr<std::unique_ptr<GpuEngine>> GpuEngine::Create(
       shard_options.block_size = pool.block_size;
       shard_options.num_kv_blocks = pool.num_blocks;
     }
-    KVSCOPE_ASSIGN_OR_RETURN(std::unique_ptr<GpuModelShard> shard,
-                             GpuModelShard::Create(*engine->weights_, r, tp, shard_options));
+    // infinigen: the skewing matrices are calibrated on the host model (as the CPU engine
+    // does, so both engines get the same ones), and the device pool holds the host slots
+    // (at most the manager's capacity) plus the two prefetch buffers (at most twice that).
+    auto* infinigen = dynamic_cast<kvcache::InfinigenKvCache*>(&cache);
+    if (infinigen != nullptr) {
+      KVSCOPE_RETURN_IF_ERROR(PrepareInfinigen(*engine->weights_, cache));
+      if (options.shard.num_kv_blocks == 0) {
+        const int64_t block = kvcache::InfinigenKvManager::kBlockSize;
+        shard_options.block_size = static_cast<int32_t>(block);
+        shard_options.num_kv_blocks =
+            (3 * infinigen->manager().CapacityTokens() + 3 * block) / block + 1;
+      }
+    }
+    absl::StatusOr<std::unique_ptr<GpuModelShard>> created =
+        GpuModelShard::Create(*engine->weights_, r, tp, shard_options);
+    if (!created.ok() && infinigen != nullptr && options.shard.num_kv_blocks == 0 &&
+        absl::IsResourceExhausted(created.status())) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          created.status().message(), "; infinigen on the GPU does not offload yet: its device "
+          "pool holds every layer's K/V for the manager's whole capacity (",
+          infinigen->manager().CapacityTokens(), " tokens) plus two prefetch buffers, 3x what "
+          "the KV budget buys; lower memory.kv_bytes (or run infinigen on the CPU backend)"));
+    }
+    if (!created.ok()) return created.status();
+    std::unique_ptr<GpuModelShard> shard = std::move(*created);
+    if (infinigen != nullptr) {
+      KVSCOPE_RETURN_IF_ERROR(shard->EnableInfinigen(*engine->weights_, *infinigen->skew(),
+                                                     infinigen->manager().dense_layers()));
+    }
     // Swap space mirroring the cache's host pool (paged with preemption_mode=swap).
     if (auto* managed = dynamic_cast<kvcache::ManagedKvCache*>(&cache); managed != nullptr) {
       const int64_t host_blocks = managed->HostPool(0).num_blocks;

@@ -43,7 +43,10 @@ struct GpuEngineOptions {
   // shard.block_size and max_kv_tokens. It must be a strategy CheckGpuSupportsCache accepts.
   // A cache with a fixed pool (ManagedKvCache: Pool(0).num_blocks > 0 before any step)
   // gives the device pool its block size and block count unless shard.num_kv_blocks is set;
-  // otherwise its block size must be shard.block_size.
+  // otherwise its block size must be shard.block_size. An infinigen cache (InfinigenKvCache)
+  // is calibrated here (PrepareInfinigen, on the host model) and enabled on every shard
+  // (GpuModelShard::EnableInfinigen); unless shard.num_kv_blocks is set, its device pool gets
+  // room for 3 x the manager's CapacityTokens (host slots + two prefetch buffers).
   std::function<std::unique_ptr<kvcache::KvCache>(const kvcache::KvShape&, int rank)> kv_factory;
   int64_t max_kv_tokens = 0;  // 0 = unbounded (the device pool still bounds it)
 };

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/status_macros.h"
+#include "engine/cuda/gpu_evicting_state.h"
 #include "kernels/cuda/attention_decode.h"
 #include "kernels/cuda/attention_prefill.h"
 #include "kernels/cuda/cuda_status.h"
@@ -100,17 +101,8 @@ std::string GpuMemoryReport::Describe() const {
 }
 
 absl::Status CheckGpuSupportsCache(kvcache::KvCache& kv) {
-  if (dynamic_cast<kvcache::InfinigenKvCache*>(&kv) != nullptr) {
-    return absl::UnimplementedError(
-        "the GPU engine does not run the infinigen strategy yet (skewed query/key "
-        "projections, speculation and host offload need their device kernels wired); use "
-        "full, paged or contiguous, or the CPU backend");
-  }
-  if (dynamic_cast<kvcache::EvictingKvCache*>(&kv) != nullptr) {
-    return absl::UnimplementedError(
-        "the GPU engine does not run the h2o or streaming strategies yet (they need the "
-        "attention-mass output and KV moves inside the pool on the device); use full, paged "
-        "or contiguous, or the CPU backend");
+  if (auto* evicting = dynamic_cast<kvcache::EvictingKvCache*>(&kv); evicting != nullptr) {
+    return CheckGpuSupportsEvictionPolicy(*evicting);  // h2o, streaming
   }
   return absl::OkStatus();
 }
@@ -167,6 +159,14 @@ struct GpuModelShard::Impl {
 
   // Host side of one step.
   std::vector<int32_t> ids, pos, pos_rows, token_seq, seq_q_start, logit_rows;
+
+  // h2o / streaming: the step's device entry lists and decisions (created on first use);
+  // its device bytes are counted in memory_.workspace_bytes.
+  std::unique_ptr<GpuEvictingState> evicting;
+  int64_t evicting_device_bytes = 0;
+  // infinigen (EnableInfinigen); its device bytes already in memory_.workspace_bytes.
+  std::unique_ptr<GpuInfinigen> infinigen;
+  int64_t infinigen_device_bytes = 0;
 };
 
 GpuModelShard::GpuModelShard(const ModelWeights& weights, int rank, int tp_size,
@@ -496,6 +496,67 @@ absl::Status GpuModelShard::ApplyBlockCopies(absl::Span<const kvcache::BlockCopy
   return absl::OkStatus();
 }
 
+absl::Status GpuModelShard::EnableInfinigen(const ModelWeights& weights,
+                                            const kvcache::InfinigenSkew& skew,
+                                            int32_t dense_layers) {
+  Impl& s = *impl_;
+  if (s.infinigen != nullptr) {
+    return absl::FailedPreconditionError("EnableInfinigen: already enabled");
+  }
+  KVSCOPE_CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
+  GpuInfinigenShardView view;
+  view.dtype = options_.dtype;
+  view.llama = c_.family == ModelFamily::kLlama;
+  view.hidden = c_.hidden_size;
+  view.head_dim = c_.head_dim;
+  view.heads = s.heads;
+  view.kv_heads = s.kv_heads;
+  view.head_begin = s.head_begin;
+  view.kv_head_begin = s.kv_head_begin;
+  view.qkv_w = s.qkv_w;
+  view.gemm = s.gemm.get();
+  view.pools = pools_;
+  view.inv_freq = s.inv_freq.as<float>();
+  view.rot_dim = s.rot_dim;
+  view.rope_scaling = s.rope_scaling;
+  view.error_flag = s.errors.as<int32_t>();
+  if (skew.num_layers != c_.num_layers || skew.head_dim != c_.head_dim) {
+    return absl::InvalidArgumentError("EnableInfinigen: the skew does not match the model");
+  }
+  // OPT: the skew folded into this rank's q and k rows (the CPU's folded matrices, built
+  // once on the host; Llama keeps its weights: the skew follows RoPE on the device).
+  const InfinigenShard host_ig(weights, skew, s.head_begin, s.heads, s.kv_head_begin, s.kv_heads,
+                               InfinigenShard::Rope{});
+  GpuInfinigen::FoldedQkv folded = GpuInfinigen::Fold(weights, host_ig, view);
+  int64_t unused = 0;
+  for (size_t l = 0; l < folded.weight.size(); ++l) {
+    KVSCOPE_ASSIGN_OR_RETURN(s.layers[l].qkv, UploadAs(folded.weight[l], options_.dtype, &unused));
+    if (!folded.bias[l].empty()) {
+      KVSCOPE_ASSIGN_OR_RETURN(s.layers[l].qkv_bias,
+                               UploadAs(folded.bias[l], options_.dtype, &unused));
+    }
+  }
+  memory_.h2d_bytes += unused;
+  for (const Impl::Layer& layer : s.layers) {
+    view.q_weight.push_back(layer.qkv.data());
+    view.q_bias.push_back(layer.qkv_bias.data());
+  }
+  KVSCOPE_ASSIGN_OR_RETURN(s.infinigen,
+                           GpuInfinigen::Create(weights, skew, host_ig, dense_layers,
+                                                options_.infinigen_gather, std::move(view),
+                                                stream_));
+  // Graphs captured before would replay the unskewed weights. The uploads above went
+  // through synchronous cudaMemcpy on the legacy stream, which the shard's non-blocking
+  // stream does not wait for (a pageable copy may return before its DMA lands): wait for the
+  // whole device.
+  KVSCOPE_CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize());
+  DropGraphs();
+  s.infinigen_device_bytes = s.infinigen->device_bytes();
+  memory_.workspace_bytes += s.infinigen_device_bytes;
+  memory_.pinned_host_bytes += s.infinigen->pinned_bytes();
+  return absl::OkStatus();
+}
+
 absl::Status GpuModelShard::EnableHostPool(int64_t num_host_blocks) {
   Impl& s = *impl_;
   if (num_host_blocks <= 0 || s.host_blocks > 0) {
@@ -608,6 +669,17 @@ absl::Status GpuModelShard::Forward(absl::Span<const SeqInput> batch, kvcache::K
           pools_[l].head_dim, ")"));
     }
   }
+  // infinigen (gpu_infinigen.h): the shard must have been enabled with the cache's skew.
+  auto* ig_cache = dynamic_cast<kvcache::InfinigenKvCache*>(&kv);
+  GpuInfinigen* ig = nullptr;
+  if (ig_cache != nullptr) {
+    if (s.infinigen == nullptr) {
+      return absl::FailedPreconditionError(
+          "the KV cache is infinigen but the GPU shard was not enabled for it "
+          "(GpuModelShard::EnableInfinigen; GpuEngine::Create does it)");
+    }
+    ig = s.infinigen.get();
+  }
   KVSCOPE_RETURN_IF_ERROR(kv.PrepareStep(steps));
   step_prepared_ = true;
 
@@ -616,14 +688,27 @@ absl::Status GpuModelShard::Forward(absl::Span<const SeqInput> batch, kvcache::K
     return absl::InternalError(absl::StrCat("the KV cache planned ", new_slots.size(),
                                             " new-token slots for ", tokens, " tokens"));
   }
-  // The views must be the same for every layer (true of every supported cache), so the
-  // lists are uploaded once per step.
-  const absl::Span<const kernels::SeqKvView> views = kv.SeqViews(0);
-  if (static_cast<int32_t>(views.size()) != num_seqs) {
+  // h2o / streaming: per-layer, per-head device lists and on-device decisions
+  // (gpu_evicting_state.h); their entry arrays go up with one copy of their own.
+  GpuEvictingState* ev = nullptr;
+  if (auto* evicting_kv = dynamic_cast<kvcache::EvictingKvCache*>(&kv); evicting_kv != nullptr) {
+    if (s.evicting == nullptr) s.evicting = std::make_unique<GpuEvictingState>();
+    ev = s.evicting.get();
+    KVSCOPE_RETURN_IF_ERROR(ev->Prepare(*evicting_kv, static_cast<int32_t>(c_.num_layers),
+                                        static_cast<int32_t>(s.kv_heads),
+                                        static_cast<int32_t>(s.heads),
+                                        memory_.num_kv_blocks * options_.block_size, st,
+                                        &memory_.h2d_bytes));
+  }
+  // Otherwise the views must be the same for every layer (true of every other supported
+  // cache), so the lists are uploaded once per step.
+  const absl::Span<const kernels::SeqKvView> views =
+      ev != nullptr ? absl::Span<const kernels::SeqKvView>() : kv.SeqViews(0);
+  if (ev == nullptr && static_cast<int32_t>(views.size()) != num_seqs) {
     return absl::InternalError(absl::StrCat("the KV cache gave ", views.size(),
                                             " sequence views for ", num_seqs, " sequences"));
   }
-  for (int32_t l = 1; l < c_.num_layers; ++l) {
+  for (int32_t l = 1; ev == nullptr && l < c_.num_layers; ++l) {
     const absl::Span<const kernels::SeqKvView> other = kv.SeqViews(l);
     bool same = other.size() == views.size();
     for (size_t i = 0; same && i < views.size(); ++i) {
@@ -662,12 +747,17 @@ absl::Status GpuModelShard::Forward(absl::Span<const SeqInput> batch, kvcache::K
     const int64_t n = v.head_stride > 0 ? v.head_stride * s.kv_heads : v.num_cached;
     list_ints += 2 * AlignUp(n, 4);
   }
+  if (ev != nullptr) max_cached = ev->max_cached();
 
   // A decode step (one token per sequence) may replay a CUDA graph captured for a padded
   // batch size; the padding tokens write nothing (slot -1) and attend as sequence 0's token.
-  const bool decode = max_q <= 1;
-  const int64_t bucket =
-      decode && tokens == num_seqs && tokens > 0 && comm.size() == 1 ? GraphBucket(tokens) : 0;
+  // h2o needs the attention mass, which only PagedAttention gives: every step decodes.
+  float* attn_mass = ev != nullptr ? ev->mass() : nullptr;
+  const bool decode = max_q <= 1 || attn_mass != nullptr;
+  const int64_t bucket = decode && tokens == num_seqs && tokens > 0 && comm.size() == 1 &&
+                                 ev == nullptr && ig == nullptr
+                             ? GraphBucket(tokens)
+                             : 0;
   const int64_t padded = bucket > 0 ? bucket : tokens;  // tokens the body runs over
   const int32_t body_seqs = bucket > 0 ? static_cast<int32_t>(bucket) : num_seqs;
 
@@ -722,7 +812,8 @@ absl::Status GpuModelShard::Forward(absl::Span<const SeqInput> batch, kvcache::K
   if (decode && tokens > 0) {
     attn_ws_bytes = kernels::cuda::AttentionWorkspaceBytes(
         padded, static_cast<int32_t>(s.heads), static_cast<int32_t>(s.kv_heads),
-        static_cast<int32_t>(d), max_cached, /*with_attn_mass=*/false, attn_options);
+        static_cast<int32_t>(d), max_cached, /*with_attn_mass=*/attn_mass != nullptr,
+        attn_options);
     if (attn_ws_bytes > s.attn_workspace.bytes()) DropGraphs();
     KVSCOPE_RETURN_IF_ERROR(Reserve(s.attn_workspace, attn_ws_bytes));
   }
@@ -743,7 +834,7 @@ absl::Status GpuModelShard::Forward(absl::Span<const SeqInput> batch, kvcache::K
   {
     int64_t list_at = lay.lists;
     kernels::SeqKvView* dviews = reinterpret_cast<kernels::SeqKvView*>(host + lay.views);
-    for (int32_t i = 0; i < num_seqs; ++i) {
+    for (int32_t i = 0; i < static_cast<int32_t>(views.size()); ++i) {
       const kernels::SeqKvView& v = views[i];
       const int64_t n = v.head_stride > 0 ? v.head_stride * s.kv_heads : v.num_cached;
       kernels::SeqKvView dv = v;
@@ -769,6 +860,11 @@ absl::Status GpuModelShard::Forward(absl::Span<const SeqInput> batch, kvcache::K
   KVSCOPE_CUDA_RETURN_IF_ERROR(
       cudaMemcpyAsync(dev, host, lay.total, cudaMemcpyHostToDevice, st));
   memory_.h2d_bytes += lay.total;
+  if (ig != nullptr) {  // candidates and per-layer views, from the views just uploaded
+    KVSCOPE_RETURN_IF_ERROR(ig->PrepareStep(
+        *ig_cache, absl::MakeConstSpan(
+                       reinterpret_cast<const kernels::SeqKvView*>(host + lay.views), num_seqs)));
+  }
   KVSCOPE_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(s.errors.data(), 0, 16, st));
 
   BodyArgs args;
@@ -783,6 +879,13 @@ absl::Status GpuModelShard::Forward(absl::Span<const SeqInput> batch, kvcache::K
   args.seq_q_start = reinterpret_cast<const int32_t*>(dev + lay.seq_q_start);
   args.slots = reinterpret_cast<const int32_t*>(dev + lay.new_slots);
   args.views = reinterpret_cast<const kernels::SeqKvView*>(dev + lay.views);
+  if (ev != nullptr) {
+    args.views = ev->views();
+    args.views_per_layer = ev->views_per_layer();
+    args.attn_mass = attn_mass;
+    args.evicting = ev;
+  }
+  args.infinigen = ig;
   args.max_cached = max_cached;
   args.attn_workspace = attn_ws_bytes > 0 ? s.attn_workspace.data() : nullptr;
   args.attn_workspace_bytes = attn_ws_bytes;
@@ -792,6 +895,7 @@ absl::Status GpuModelShard::Forward(absl::Span<const SeqInput> batch, kvcache::K
   } else {
     KVSCOPE_RETURN_IF_ERROR(EnqueueBody(args, comm));
   }
+  if (ev != nullptr) KVSCOPE_RETURN_IF_ERROR(ev->EnqueueDownload(st, &memory_.d2h_bytes));
   // After the body, proj holds the last layer's reduced MLP output, not yet added to x.
   const bool pending = tokens > 0 && c_.num_layers > 0;
   const int32_t* logit_rows_d = reinterpret_cast<const int32_t*>(dev + lay.logit_rows);
@@ -864,8 +968,23 @@ absl::Status GpuModelShard::Forward(absl::Span<const SeqInput> batch, kvcache::K
         ": 1 slot out of range, 2 query without a visible key, 4 bad sequence index); the KV "
         "cache's slots and views disagree with the GPU pool"));
   }
+  // h2o / streaming: the device's decisions (positions, scores) into the host cache.
+  if (ev != nullptr) {
+    ev->CommitToHost();
+    memory_.workspace_bytes += ev->device_bytes() - s.evicting_device_bytes;
+    s.evicting_device_bytes = ev->device_bytes();
+  }
+  // infinigen: the selections into the host cache; traffic and buffers into the report.
+  if (ig != nullptr) {
+    KVSCOPE_RETURN_IF_ERROR(ig->FinishStep(*ig_cache));
+    ig->TakeTraffic(&memory_.h2d_bytes, &memory_.d2h_bytes);
+    memory_.workspace_bytes += ig->device_bytes() - s.infinigen_device_bytes;
+    s.infinigen_device_bytes = ig->device_bytes();
+  }
   memory_.pinned_host_bytes = static_cast<int64_t>(s.staging.bytes() + s.errors_host.bytes() +
-                                                   s.logits_host.bytes() + s.host_pool.bytes());
+                                                   s.logits_host.bytes() + s.host_pool.bytes()) +
+                              (s.evicting != nullptr ? s.evicting->pinned_bytes() : 0) +
+                              (s.infinigen != nullptr ? s.infinigen->pinned_bytes() : 0);
   return absl::OkStatus();
 }
 
@@ -979,6 +1098,10 @@ absl::Status GpuModelShard::EnqueueBody(const BodyArgs& a, DeviceCommunicator& c
     // Attention block.
     KVSCOPE_RETURN_IF_ERROR(norm(lw.attn_norm, lw.attn_norm_bias));
     pending = false;
+    // infinigen: from this layer's attention input, speculate and gather layer l + 1's tokens.
+    if (a.infinigen != nullptr) {
+      KVSCOPE_RETURN_IF_ERROR(a.infinigen->Speculate(l, s.normed.data(), tokens));
+    }
     KVSCOPE_RETURN_IF_ERROR(s.gemm->Linear(s.normed.data(), tokens, hidden, lw.qkv.data(),
                                            s.qkv_w, hidden, lw.qkv_bias.data(), s.qkv.data(),
                                            false, dt, st));
@@ -992,19 +1115,32 @@ absl::Status GpuModelShard::EnqueueBody(const BodyArgs& a, DeviceCommunicator& c
       KVSCOPE_RETURN_IF_ERROR(kernels::cuda::Rope(k, tokens, s.kv_heads, d, s.qkv_w, a.pos,
                                                   s.inv_freq.as<float>(), s.rot_dim,
                                                   s.rope_scaling, dt, st));
+      if (a.infinigen != nullptr) {  // the skew follows RoPE (Llama family)
+        KVSCOPE_RETURN_IF_ERROR(a.infinigen->SkewAfterRope(l, q, k, tokens));
+      }
     }
     KVSCOPE_RETURN_IF_ERROR(
         kernels::cuda::WriteKv(pool, k, v, s.qkv_w, a.slots, tokens, flag_d, st));
+    const kernels::SeqKvView* views = a.views + l * a.views_per_layer;
+    if (a.infinigen != nullptr) {
+      // Layers >= dense_layers: the new rows to the host pool, and their partial keys.
+      KVSCOPE_RETURN_IF_ERROR(a.infinigen->AfterWriteKv(l, k, v, a.slots, tokens, tokens));
+      if (a.infinigen->Speculated(l)) views = a.infinigen->Views(l);
+    }
     if (a.decode) {
       KVSCOPE_RETURN_IF_ERROR(kernels::cuda::PagedAttention(
-          q, s.qkv_w, tokens, static_cast<int32_t>(s.heads), a.token_seq, a.pos, pool, a.views,
-          a.num_seqs, a.max_cached, scale, s.attn.data(), s.q_w, /*attn_mass=*/nullptr,
-          a.attn_workspace, a.attn_workspace_bytes, flag_d, a.attn_options, st));
+          q, s.qkv_w, tokens, static_cast<int32_t>(s.heads), a.token_seq, a.pos, pool, views,
+          a.num_seqs, a.max_cached, scale, s.attn.data(), s.q_w, a.attn_mass, a.attn_workspace,
+          a.attn_workspace_bytes, flag_d, a.attn_options, st));
     } else {
       KVSCOPE_RETURN_IF_ERROR(kernels::cuda::PrefillAttention(
-          q, s.qkv_w, tokens, static_cast<int32_t>(s.heads), a.seq_q_start, a.pos, pool, a.views,
+          q, s.qkv_w, tokens, static_cast<int32_t>(s.heads), a.seq_q_start, a.pos, pool, views,
           a.num_seqs, a.max_q, scale, s.attn.data(), s.q_w, flag_d,
           kernels::cuda::PrefillOptions{}, st));
+    }
+    // h2o / streaming: EvictingKvCache::OnAttention(l) on the device.
+    if (a.evicting != nullptr) {
+      KVSCOPE_RETURN_IF_ERROR(a.evicting->OnAttention(static_cast<int32_t>(l), pool, st));
     }
     KVSCOPE_RETURN_IF_ERROR(s.gemm->Linear(s.attn.data(), tokens, s.q_w, lw.o.data(), hidden,
                                            s.q_w, lw.o_bias.data(), s.proj.data(), false, dt,

@@ -23,15 +23,33 @@
 //     copies float32 logits to the host. Forward returns after the stream has drained.
 //   - Attention: a step whose sequences have at most one new token each runs the paged
 //     decode kernel (PagedAttention); any other step runs PrefillAttention (causal, paged,
-//     tensor cores for bf16/fp16 with head_dim 64/128/256).
+//     tensor cores for bf16/fp16 with head_dim 64/128/256), except with h2o, whose steps all
+//     run PagedAttention (the only kernel with the attention-mass output).
 //
 // Strategies. Supported: every cache whose K/V stay where WriteKv put them and whose
 // attention needs no mass output: FullKvCache and ManagedKvCache (paged, contiguous).
 // Block transfers a KvManager plans (swap out / swap in through a pinned host pool, see
 // EnableHostPool; copy-on-write copies) must be mirrored on the device with
 // ApplyBlockTransfers before the step's Forward.
-// Refused with Unimplemented: h2o and streaming (EvictingKvCache: attention mass, moves of
-// K/V inside the pool) and infinigen (InfinigenKvCache: skewed Q/K and host offload).
+// h2o and streaming (EvictingKvCache, both positions modes) through GpuEvictingState
+// (gpu_evicting_state.h): the host manager plans, the per-(layer, sequence, KV head) entry
+// lists live on the device during Forward (one upload, one download per step, no host sync
+// per layer), each layer's attention reads its own per-head views, and after it the strategy
+// kernels make EvictingKvCache::OnAttention's decisions and K/V moves in the device pool.
+// h2o runs every step (prefill included) through PagedAttention with the attention-mass
+// output; these steps never use CUDA graphs (the per-layer decision kernels vary per step),
+// even with cuda_graphs set. Kept sets equal the CPU engine's as long as the float32
+// attention masses order the same way (near-ties in h2o scores may break differently).
+// infinigen (InfinigenKvCache) through GpuInfinigen (gpu_infinigen.h), after
+// EnableInfinigen (GpuEngine::Create calibrates and enables it): skewed q/k (OPT: folded
+// into the uploaded weights; Llama: after RoPE), partial keys and speculation on the device,
+// the K/V of layers >= dense_layers also written to a mapped pinned host pool, and the
+// selected rows gathered from it into the prefetch slots of the device pool (zero copy by
+// default, GpuShardOptions::infinigen_gather); per-layer views built on the device; no CUDA
+// graphs. The device pool keeps the host cache's numbering (host slots + prefetch buffers)
+// and still holds every layer's K/V at the host slots (prefill and the dense layers read
+// them there); only the speculated layers' decode attention reads the gathered rows.
+// Refused with Unimplemented: evicting caches with a policy other than h2o / streaming.
 //
 // Thread-safety: not thread-safe; one shard per rank, driven by one thread at a time (the
 // thread may change between calls: Forward makes the shard's device current).
@@ -51,6 +69,7 @@
 #include "absl/types/span.h"
 #include "common/dtype.h"
 #include "engine/cuda/device_communicator.h"
+#include "engine/cuda/gpu_infinigen.h"
 #include "engine/gpu_memory_plan.h"
 #include "engine/model.h"
 #include "engine/weights.h"
@@ -60,6 +79,9 @@
 #include "kvcache/kv_manager.h"
 
 namespace kvscope::engine::cuda {
+
+class GpuEvictingState;  // gpu_evicting_state.h
+class GpuInfinigen;      // gpu_infinigen.h
 
 struct GpuShardOptions {
   // Storage type of weights, activations and the KV pool (arithmetic is float32 inside
@@ -84,10 +106,13 @@ struct GpuShardOptions {
   // layers are captured once per (batch size rounded up to a power of two, attention
   // splits) and replayed; the padding tokens write no K/V and their outputs are ignored.
   // Only with a communicator of size 1 (the host-staged all-reduce synchronizes, and NCCL
-  // capture is untested); other steps, and batches above graph_max_batch, run eagerly.
-  // Graphs are dropped (and recaptured) when a larger step grows the activation buffers.
+  // capture is untested); other steps, batches above graph_max_batch and every step of an
+  // h2o / streaming / infinigen cache run eagerly. Graphs are dropped (and recaptured) when a
+  // larger step grows the activation buffers.
   bool cuda_graphs = false;
   int64_t graph_max_batch = 256;
+  // infinigen: how the selected tokens' K/V reach the device (gpu_infinigen.h).
+  InfinigenGather infinigen_gather = InfinigenGather::kZeroCopy;
 };
 
 // Device memory held by a shard, and the host<->device traffic it caused. Bytes.
@@ -99,9 +124,13 @@ struct GpuMemoryReport {
   int64_t kv_pool_bytes = 0;       // K and V of every layer
   int64_t num_kv_blocks = 0;       // per layer
   int64_t workspace_bytes = 0;     // activations, logits chunk, staging, cuBLASLt, attention
-  int64_t pinned_host_bytes = 0;   // page-locked staging (inputs and logits)
-  int64_t h2d_bytes = 0;           // host -> device copies so far (weights included)
-  int64_t d2h_bytes = 0;           // device -> host copies so far (logits, error words)
+                                   // (+ infinigen's partial keys, weights and step buffers)
+  int64_t pinned_host_bytes = 0;   // page-locked staging (inputs and logits), swap space,
+                                   // strategy buffers, infinigen's host pool
+  int64_t h2d_bytes = 0;           // host -> device copies so far (weights included;
+                                   // infinigen: the gathered rows' K/V)
+  int64_t d2h_bytes = 0;           // device -> host copies so far (logits, error words;
+                                   // infinigen: K/V rows written to the host pool)
   int64_t graphs_captured = 0;     // decode graphs captured so far (cuda_graphs)
   int64_t graph_launches = 0;      // decode steps replayed from a graph
   // The plan the KV pool was sized from; absent when num_kv_blocks was given.
@@ -111,7 +140,7 @@ struct GpuMemoryReport {
 };
 
 // Unimplemented naming the strategy when `kv` is one the GPU shard cannot serve yet
-// (h2o, streaming, infinigen); OK otherwise.
+// (an eviction policy without device kernels); OK otherwise.
 absl::Status CheckGpuSupportsCache(kvcache::KvCache& kv);
 
 class GpuModelShard {
@@ -157,6 +186,14 @@ class GpuModelShard {
   // for a block outside the pools; FailedPrecondition for swaps without EnableHostPool.
   absl::Status ApplyBlockTransfers(const kvcache::StepPlan& plan);
 
+  // Enables the infinigen strategy (gpu_infinigen.h) with the skewing artefacts the host
+  // cache's manager holds (`skew` must outlive the shard): OPT's q/k rows are re-uploaded
+  // folded, the partial weights, partial keys and the pinned host pool are allocated
+  // (counted in the memory report). Forward with an InfinigenKvCache needs it
+  // (FailedPrecondition otherwise). Call once, before any Forward.
+  absl::Status EnableInfinigen(const ModelWeights& weights, const kvcache::InfinigenSkew& skew,
+                               int32_t dense_layers);
+
   // Device memory and traffic (see GpuMemoryReport).
   const GpuMemoryReport& memory() const { return memory_; }
   int rank() const { return rank_; }
@@ -183,6 +220,15 @@ class GpuModelShard {
     const int32_t* seq_q_start = nullptr;  // [num_seqs + 1]
     const int32_t* slots = nullptr;        // [tokens] new-token slots (-1: no write)
     const kernels::SeqKvView* views = nullptr;  // [num_seqs], device lists
+    // > 0: layer l reads views + l * views_per_layer (per-layer views); 0: one shared view.
+    int64_t views_per_layer = 0;
+    // Device [num_seqs][heads][max_cached] float32 the decode attention adds its mass into
+    // (h2o; requires decode); null: none.
+    float* attn_mass = nullptr;
+    // Per-layer OnAttention work of h2o / streaming after the attention; null: none.
+    GpuEvictingState* evicting = nullptr;
+    // infinigen: skew, partial keys, host-pool writes, speculation and views; null: none.
+    GpuInfinigen* infinigen = nullptr;
     int32_t max_cached = 0;
     void* attn_workspace = nullptr;
     size_t attn_workspace_bytes = 0;

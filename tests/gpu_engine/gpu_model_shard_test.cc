@@ -28,6 +28,7 @@
 #include "kvcache/full_kv_cache.h"
 #include "kvcache/registry.h"
 #include "tests/engine/engine_test_util.h"
+#include "tests/gpu_engine/gpu_engine_test_util.h"
 #include "tests/gpu_kernels/gpu_test_util.h"
 #include "tests/test_util.h"
 
@@ -35,42 +36,11 @@ namespace kvscope::engine::cuda {
 namespace {
 
 namespace gt = kernels::cuda::testing;
-
-std::shared_ptr<const ModelWeights> PresetWeights(const std::string& name, uint64_t seed = 7) {
-  auto config = PresetConfig(name);
-  EXPECT_TRUE(config.ok()) << config.status();
-  if (!config.ok()) return nullptr;
-  auto weights = SyntheticWeights(*config, seed);
-  EXPECT_TRUE(weights.ok()) << weights.status();
-  if (!weights.ok()) return nullptr;
-  return std::make_shared<ModelWeights>(std::move(*weights));
-}
-
-// Normalized L2 error of `got` against `want` (infinity for a size mismatch or NaN/inf).
-double NormErr(const std::vector<float>& got, const std::vector<float>& want) {
-  return gt::NormalizedError(got, gt::ToDouble(want));
-}
-
-std::vector<float> RowOf(const ForwardOutput& out, int64_t row) {
-  return std::vector<float>(out.Row(row), out.Row(row) + out.vocab_size);
-}
-
-int32_t ArgmaxRow(const float* row, int64_t vocab) {
-  int64_t best = 0;
-  for (int64_t i = 1; i < vocab; ++i) {
-    if (row[i] > row[best]) best = i;
-  }
-  return static_cast<int32_t>(best);
-}
-
-double Tolerance(DType dtype) {
-  switch (dtype) {
-    case DType::kF32: return 1e-4;
-    case DType::kF16: return 1e-2;
-    case DType::kBF16: return 2e-2;
-  }
-  return 0;
-}
+using ::kvscope::testing::ArgmaxRow;
+using ::kvscope::testing::NormErr;
+using ::kvscope::testing::PresetWeights;
+using ::kvscope::testing::RowOf;
+using ::kvscope::testing::Tolerance;
 
 GpuEngineOptions GpuOptions(DType dtype, int tp = 1) {
   GpuEngineOptions options;
@@ -170,13 +140,7 @@ INSTANTIATE_TEST_SUITE_P(
     Presets, GpuVsCpuTest,
     ::testing::Combine(::testing::Values("llama-tiny", "opt-tiny"),
                        ::testing::Values(DType::kF32, DType::kBF16, DType::kF16)),
-    [](const auto& info) {
-      std::string name = std::get<0>(info.param) + "_" + gt::DTypeLabel(std::get<1>(info.param));
-      for (char& c : name) {
-        if (!isalnum(static_cast<unsigned char>(c))) c = '_';
-      }
-      return name;
-    });
+    ::kvscope::testing::PresetDTypeName);
 
 // The decode path (PagedAttention) and the prefill path (PrefillAttention) agree with each
 // other: the same sequence prefilled at once or fed token by token gives the same logits.
@@ -689,31 +653,14 @@ TEST(GpuManagedTest, ContiguousMatchesCpu) {
   }
 }
 
-TEST(GpuManagedTest, DataMovingStrategiesAreRefusedByName) {
+// Every registered strategy runs on the GPU: h2o and streaming through GpuEvictingState
+// (gpu_evicting_test.cc), infinigen through GpuInfinigen (gpu_infinigen_test.cc, which also
+// checks that a shard not enabled for it refuses an infinigen cache).
+TEST(GpuManagedTest, EveryStrategyIsAccepted) {
   KVSCOPE_SKIP_WITHOUT_GPU();
   auto weights = PresetWeights("llama-tiny");
   ASSERT_NE(weights, nullptr);
-  for (const std::string strategy : {"h2o", "streaming", "infinigen"}) {
-    SCOPED_TRACE(strategy);
-    auto manager = kvcache::CreateKvManager(strategy, {}, ManagerContext(weights->config, 1024));
-    ASSERT_TRUE(manager.ok()) << manager.status();
-    auto cache = (*manager)->CreateRankCache(0);
-    const absl::Status st = CheckGpuSupportsCache(*cache);
-    EXPECT_EQ(st.code(), absl::StatusCode::kUnimplemented) << st;
-    EXPECT_NE(st.message().find(strategy), std::string::npos) << st;
-    // Forward refuses before touching the cache.
-    GpuShardOptions options;
-    options.num_kv_blocks = 8;
-    auto shard = GpuModelShard::Create(*weights, 0, 1, options);
-    ASSERT_TRUE(shard.ok()) << shard.status();
-    LocalCommGroup group(1);
-    auto comm = CreateHostStagedCommunicator(group.ForRank(0));
-    const std::vector<int32_t> ids = {1, 2, 3};
-    ForwardOutput out;
-    EXPECT_EQ((*shard)->Forward({SeqInput{1, ids, 0, false}}, *cache, *comm, &out).code(),
-              absl::StatusCode::kUnimplemented);
-  }
-  for (const std::string strategy : {"paged", "contiguous"}) {
+  for (const std::string strategy : {"paged", "contiguous", "h2o", "streaming", "infinigen"}) {
     auto manager = kvcache::CreateKvManager(strategy, {}, ManagerContext(weights->config, 1024));
     ASSERT_TRUE(manager.ok()) << manager.status();
     EXPECT_TRUE(CheckGpuSupportsCache(*(*manager)->CreateRankCache(0)).ok()) << strategy;
@@ -787,7 +734,10 @@ std::vector<std::vector<int32_t>> ServeOutputs(const std::string& strategy,
   std::vector<std::vector<int32_t>> out;
   for (const RequestRecord& rec : r.requests) out.push_back(rec.output_ids);
   if (device != nullptr && graphs) {
-    EXPECT_GT(device->shard(0).memory().graph_launches, 0);
+    // h2o / streaming / infinigen steps always run eagerly.
+    const bool eager =
+        strategy == "h2o" || strategy == "streaming" || strategy == "infinigen";
+    EXPECT_EQ(device->shard(0).memory().graph_launches > 0, !eager);
   }
   if (params.count("preemption_mode") > 0 && manager->Counters().swapped_out_blocks == 0) {
     std::fprintf(stderr, "note: the swap scenario swapped nothing; tighten its KV budget\n");
@@ -798,9 +748,17 @@ std::vector<std::vector<int32_t>> ServeOutputs(const std::string& strategy,
 TEST(GpuServingTest, BenchLoopGeneratesTheCpuTokens) {
   KVSCOPE_SKIP_WITHOUT_GPU();
   const std::vector<std::pair<std::string, std::map<std::string, std::string>>> strategies = {
-      {"paged", {}}, {"paged", {{"preemption_mode", "swap"}}}, {"contiguous", {}}};
+      {"paged", {}},
+      {"paged", {{"preemption_mode", "swap"}}},
+      {"contiguous", {}},
+      {"h2o", {{"heavy_size", "4"}, {"recent_size", "4"}}},
+      {"streaming", {{"sink_tokens", "2"}, {"recent_size", "6"}}},
+      {"streaming", {{"sink_tokens", "2"}, {"recent_size", "6"}, {"positions", "rolling"}}},
+      {"infinigen", {{"dense_layers", "1"}}}};
   for (const auto& [strategy, params] : strategies) {
-    SCOPED_TRACE(strategy + (params.empty() ? "" : " swap"));
+    std::string label = strategy;
+    for (const auto& [key, value] : params) label += " " + key + "=" + value;
+    SCOPED_TRACE(label);
     const auto want = ServeOutputs(strategy, params, false, false);
     ASSERT_EQ(want.size(), 6u);
     EXPECT_EQ(ServeOutputs(strategy, params, true, false), want);

@@ -182,5 +182,60 @@ TEST(H2oTest, BadParamsAreRefused) {
   EXPECT_THAT(a.reason, HasSubstr("zero tokens"));
 }
 
+// KvManagerContext::host_kv_storage false (the GPU engine's rank caches): no K/V memory,
+// the same pool geometry, slots and views, and the bookkeeping of the steps unchanged.
+TEST(H2oTest, BookkeepingOnlyCacheHasNoStorageAndTheSameViews) {
+  KvManagerContext context;
+  context.geometry = SimGeometry(1);
+  context.kv_memory_bytes = 256 * context.geometry.BytesPerToken();
+  KvManagerContext bare_context = context;
+  bare_context.host_kv_storage = false;
+  const std::map<std::string, std::string> params = {{"heavy_size", "4"}, {"recent_size", "4"}};
+  auto with = CreateKvManager("h2o", params, context);
+  auto bare = CreateKvManager("h2o", params, bare_context);
+  ASSERT_TRUE(with.ok() && bare.ok());
+  std::unique_ptr<KvCache> full_cache = (*with)->CreateRankCache(0);
+  std::unique_ptr<KvCache> bare_cache = (*bare)->CreateRankCache(0);
+  for (int32_t l = 0; l < testing::kLayers; ++l) {
+    const kernels::KvPoolView a = bare_cache->Pool(l), b = full_cache->Pool(l);
+    EXPECT_EQ(a.k, nullptr);
+    EXPECT_EQ(a.v, nullptr);
+    EXPECT_NE(b.k, nullptr);
+    EXPECT_EQ(a.num_blocks, b.num_blocks);
+    EXPECT_EQ(a.block_size, b.block_size);
+    EXPECT_EQ(a.num_kv_heads, b.num_kv_heads);
+    EXPECT_EQ(a.head_dim, b.head_dim);
+  }
+  const std::vector<int32_t> prompt(20, 3);
+  for (KvManager* m : {with->get(), bare->get()}) {
+    ASSERT_TRUE(m->Admit(SeqRequest{1, prompt, 4}).ok());
+    ASSERT_TRUE(m->Append(1, prompt));
+    ASSERT_TRUE(m->Plan({{SeqStep{1, 20, 0}}}).ok());
+  }
+  ASSERT_TRUE(full_cache->PrepareStep({{SeqStep{1, 20, 0}}}).ok());
+  ASSERT_TRUE(bare_cache->PrepareStep({{SeqStep{1, 20, 0}}}).ok());
+  EXPECT_EQ(std::vector<int32_t>(bare_cache->NewTokenSlots().begin(),
+                                 bare_cache->NewTokenSlots().end()),
+            std::vector<int32_t>(full_cache->NewTokenSlots().begin(),
+                                 full_cache->NewTokenSlots().end()));
+  for (int32_t l = 0; l < testing::kLayers; ++l) {
+    const kernels::SeqKvView a = bare_cache->SeqViews(l)[0], b = full_cache->SeqViews(l)[0];
+    ASSERT_EQ(a.num_cached, b.num_cached);
+    ASSERT_EQ(a.head_stride, b.head_stride);
+    for (int32_t h = 0; h < testing::kKvHeads; ++h) {
+      const int64_t at = static_cast<int64_t>(h) * a.head_stride;
+      EXPECT_EQ(std::vector<int32_t>(a.slots + at, a.slots + at + a.num_cached),
+                std::vector<int32_t>(b.slots + at, b.slots + at + b.num_cached));
+      EXPECT_EQ(std::vector<int32_t>(a.positions + at, a.positions + at + a.num_cached),
+                std::vector<int32_t>(b.positions + at, b.positions + at + b.num_cached));
+    }
+  }
+  // OnAttention without storage moves no K/V (and does not crash); the accounting is the
+  // manager's, storage or not.
+  for (int32_t l = 0; l < testing::kLayers; ++l) bare_cache->OnAttention(l);
+  EXPECT_EQ(bare_cache->ReservedBytes(), full_cache->ReservedBytes());
+  EXPECT_EQ(bare_cache->UsedBytes(), full_cache->UsedBytes());
+}
+
 }  // namespace
 }  // namespace kvscope::kvcache

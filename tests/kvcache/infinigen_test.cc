@@ -217,6 +217,101 @@ TEST(InfinigenSelectionTest, EveryStepMatchesOracleAndBytesAreExact) {
   }
 }
 
+// The device half's hook (engine/cuda/gpu_infinigen.h): a cache without host storage that
+// is told the selections (RecordSpeculation, from SpeculationCandidates' lists) ends every
+// step with the views, selected positions, counters and eviction state of a cache that ran
+// Speculate itself; with and without host-pool eviction.
+TEST(InfinigenRecordTest, RecordedSelectionsEqualSpeculate) {
+  for (double capacity : {1.0, 0.6}) {
+    SCOPED_TRACE("host_capacity " + std::to_string(capacity));
+    InfinigenOptions options;
+    options.alpha = 2.0;
+    options.partial_ratio = 0.5;
+    options.max_num_kv = 5;
+    options.host_capacity = capacity;
+    options.mass_sample_interval = 0;
+    Harness a = Make(options);
+    KvManagerContext bare = Context();
+    bare.host_kv_storage = false;
+    auto bm = InfinigenKvManager::Create(bare, options);
+    ASSERT_TRUE(bm.ok()) << bm.status();
+    ASSERT_TRUE((*bm)->SetSkew(Skew((*bm)->partial_dim())).ok());
+    auto b_owner = (*bm)->CreateRankCache(0);
+    auto* b = dynamic_cast<InfinigenKvCache*>(b_owner.get());
+    ASSERT_NE(b, nullptr);
+    const int prompt = 11, steps = 8;
+    std::vector<int32_t> ids(prompt, 1);
+    for (KvManager* m : {static_cast<KvManager*>(a.manager.get()),
+                         static_cast<KvManager*>(bm->get())}) {
+      ASSERT_TRUE(m->Admit({4, ids, steps}).ok());
+      ASSERT_TRUE(m->Append(4, ids));
+    }
+    std::mt19937 rng(5);
+    Written w;
+    w.k.resize(kLayers);
+    w.v.resize(kLayers);
+    SeqStep step{4, prompt, 0};
+    for (int t = 0; t <= steps; ++t) {
+      SCOPED_TRACE("step " + std::to_string(t));
+      if (t > 0) {
+        const int32_t id = 1;
+        step = {4, 1, prompt + t - 1};
+        ASSERT_TRUE(a.manager->Append(4, absl::MakeConstSpan(&id, 1)));
+        ASSERT_TRUE((*bm)->Append(4, absl::MakeConstSpan(&id, 1)));
+      }
+      ASSERT_TRUE(a.manager->Plan(absl::MakeConstSpan(&step, 1)).ok());
+      ASSERT_TRUE((*bm)->Plan(absl::MakeConstSpan(&step, 1)).ok());
+      ASSERT_TRUE(a.cache->PrepareStep(absl::MakeConstSpan(&step, 1)).ok());
+      ASSERT_TRUE(b->PrepareStep(absl::MakeConstSpan(&step, 1)).ok());
+      EXPECT_EQ(b->Pool(0).k, nullptr);  // no host storage
+      ASSERT_EQ(a.cache->SpeculationRows().size(), b->SpeculationRows().size());
+      std::normal_distribution<float> dist(0.0f, 2.0f);
+      for (int l = 0; l < kLayers; ++l) {
+        if (l >= 2 && !a.cache->SpeculationRows().empty()) {
+          std::vector<std::vector<int32_t>> ca, cb;
+          a.cache->SpeculationCandidates(l, 0, &ca);
+          b->SpeculationCandidates(l, 0, &cb);
+          EXPECT_EQ(ca, cb) << "layer " << l;
+          EXPECT_EQ(b->PrefetchSlot(l, 0), a.cache->PrefetchSlot(l, 0));
+          std::vector<float> pq(kHeads * a.manager->partial_dim());
+          for (float& x : pq) x = dist(rng);
+          ASSERT_TRUE(a.cache->Speculate(l, pq.data()).ok());
+          EXPECT_EQ(b->Speculate(l, pq.data()).code(), absl::StatusCode::kFailedPrecondition);
+          const int32_t stride = 5;
+          std::vector<int32_t> counts(1, 0), positions(kKvHeads * stride, -1);
+          for (int kh = 0; kh < kKvHeads; ++kh) {
+            const std::vector<int32_t> sel = a.cache->SelectedPositions(l, 0, kh);
+            counts[0] = static_cast<int32_t>(sel.size());
+            std::copy(sel.begin(), sel.end(), positions.begin() + kh * stride);
+          }
+          ASSERT_TRUE(b->RecordSpeculation(l, counts, positions, stride).ok());
+          for (int kh = 0; kh < kKvHeads; ++kh) {
+            EXPECT_EQ(b->SelectedPositions(l, 0, kh), a.cache->SelectedPositions(l, 0, kh));
+          }
+        }
+        WriteLayer(*a.cache, l, step.num_new_tokens, rng, w);
+        const kernels::SeqKvView va = a.cache->SeqViews(l)[0];
+        const kernels::SeqKvView vb = b->SeqViews(l)[0];
+        ASSERT_EQ(va.num_cached, vb.num_cached) << "layer " << l;
+        ASSERT_EQ(va.head_stride, vb.head_stride) << "layer " << l;
+        const int lists = va.head_stride > 0 ? kKvHeads : 1;
+        const int n = va.head_stride > 0 ? va.head_stride * lists : va.num_cached;
+        EXPECT_EQ(std::vector<int32_t>(va.slots, va.slots + n),
+                  std::vector<int32_t>(vb.slots, vb.slots + n));
+        EXPECT_EQ(std::vector<int32_t>(va.positions, va.positions + n),
+                  std::vector<int32_t>(vb.positions, vb.positions + n));
+        a.cache->OnAttention(l);
+      }
+      const KvCounters ca = a.manager->Counters(), cb = (*bm)->Counters();
+      EXPECT_EQ(cb.h2d_bytes, ca.h2d_bytes);
+      EXPECT_EQ(cb.selections, ca.selections);
+      EXPECT_EQ(cb.selected_tokens, ca.selected_tokens);
+      EXPECT_EQ(cb.selected_tokens_per_layer, ca.selected_tokens_per_layer);
+    }
+    EXPECT_GT(a.manager->Counters().selections, 0);
+  }
+}
+
 TEST(InfinigenSelectionTest, CountAndTopKByHand) {
   // Two heads over 4 tokens: head 0 has 2 within alpha=1 of its max, head 1 has 3.
   const double s[] = {5.0, 4.5, 1.0, 0.0, /**/ 2.0, 1.9, 1.8, -5.0};
