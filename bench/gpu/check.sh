@@ -16,7 +16,7 @@
 # report in the table. CHECK_BUDGET_S (default 540) bounds the whole run: each step's
 # timeout is the smaller of its own limit and the time left, and a step with under 15 s
 # left is skipped and says so in the table. CHECK_STEPS (default "tests sanitizer bench torch
-# hf strategies") picks the steps, for a short call that checks one thing.
+# hf strategies profile") picks the steps, for a short call that checks one thing.
 set -uo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
 mode=${1:-}
@@ -87,7 +87,7 @@ run() {
     local left=$((deadline - SECONDS))
     if [ "$left" -lt 15 ]; then echo 0; elif [ "$1" -lt "$left" ]; then echo "$1"; else echo "$left"; fi
   }
-  local steps=" ${CHECK_STEPS:-tests sanitizer bench torch hf strategies} "
+  local steps=" ${CHECK_STEPS:-tests sanitizer bench torch hf strategies profile} "
   want() { [[ "$steps" == *" $1 "* ]]; }
   # 1. GPU tests, each binary with a timeout.
   want tests && while read -r t; do
@@ -194,6 +194,39 @@ run() {
       echo "# strategies rc=$?" >> "$table"
       grep -P '^strategy\t' "$out/strategies.log" | tee -a "$table"
     fi
+  fi
+  # 7. Nsight Compute on one steady-state launch of the decode kernel (64 x 2048, the 221st
+  # DecodeKernel launch of gpu_attention_bench: after 1x32768 and 16x4096, 110 launches each,
+  # and 10 warm-ups of this shape) and of the prefill kernel (8192 tokens): the figures that
+  # say why a kernel is slow (bench/gpu/attention_notes.md).
+  if want profile && command -v ncu > /dev/null && grep -qx gpu_attention_bench "$bundle/targets.txt"; then
+    local kernel skip lim
+    for spec in DecodeKernel:230 PrefillKernel:18; do
+      kernel=${spec%%:*}; skip=${spec##*:}
+      lim=$(step_limit "${PROFILE_TIMEOUT:-90}")
+      [ "$lim" -gt 0 ] || break
+      timeout "$lim" ncu --target-processes all --kernel-name "regex:$kernel" \
+        --launch-skip "$skip" --launch-count 1 --section SpeedOfLight --section Occupancy \
+        --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis \
+        --csv --page details "$bundle/run" gpu_attention_bench > "$out/ncu-$kernel.csv" 2> "$out/ncu-$kernel.log"
+      echo "# ncu $kernel rc=$?" >> "$table"
+      python3 - "$out/ncu-$kernel.csv" "$kernel" <<'PY' | tee -a "$table"
+import csv, sys
+wanted = ["Duration", "DRAM Throughput", "Memory Throughput", "Compute (SM) Throughput",
+          "Registers Per Thread", "Block Limit Registers", "Block Limit Shared Mem",
+          "Theoretical Occupancy", "Achieved Occupancy", "Warp Cycles Per Issued Instruction",
+          "Issued Warp Per Scheduler", "L1/TEX Hit Rate", "L2 Hit Rate", "Mem Busy"]
+rows = [r for r in csv.reader(open(sys.argv[1], errors="replace")) if len(r) > 12]
+if not rows:
+    print("profile\t%s\tno rows (see ncu log)" % sys.argv[2])
+    sys.exit(0)
+head = rows[0]
+name_i, unit_i, value_i = head.index("Metric Name"), head.index("Metric Unit"), head.index("Metric Value")
+for r in rows[1:]:
+    if r[name_i] in wanted:
+        print("profile\t%s\t%s\t%s %s" % (sys.argv[2], r[name_i], r[value_i], r[unit_i]))
+PY
+    done
   fi
   echo
   echo "==== kvscope GPU check ($card) ===="
