@@ -50,20 +50,6 @@ absl::StatusOr<DeviceBuffer> UploadRaw(const std::vector<T>& values) {
   return b;
 }
 
-absl::Status Reserve(DeviceBuffer& buffer, size_t bytes) {
-  if (buffer.bytes() >= bytes && buffer.data() != nullptr) return absl::OkStatus();
-  buffer = DeviceBuffer();
-  KVSCOPE_ASSIGN_OR_RETURN(buffer, DeviceBuffer::Allocate(std::max<size_t>(bytes, 16)));
-  return absl::OkStatus();
-}
-
-absl::Status ReservePinned(PinnedBuffer& buffer, size_t bytes) {
-  if (buffer.bytes() >= bytes && buffer.data() != nullptr) return absl::OkStatus();
-  buffer = PinnedBuffer();
-  KVSCOPE_ASSIGN_OR_RETURN(buffer, PinnedBuffer::Allocate(std::max<size_t>(bytes, 16)));
-  return absl::OkStatus();
-}
-
 }  // namespace
 
 GpuInfinigen::GpuInfinigen(const kvcache::InfinigenSkew& skew, int32_t dense_layers,

@@ -246,21 +246,6 @@ absl::StatusOr<DeviceBuffer> UploadSlice(const WeightView& w, int64_t begin, int
   return UploadAs(std::vector<float>(w.data + begin, w.data + begin + n), dtype, counter);
 }
 
-// (Re)allocates `buffer` to at least `bytes` (contents not kept).
-absl::Status Reserve(DeviceBuffer& buffer, size_t bytes) {
-  if (buffer.bytes() >= bytes && buffer.data() != nullptr) return absl::OkStatus();
-  buffer = DeviceBuffer();
-  KVSCOPE_ASSIGN_OR_RETURN(buffer, DeviceBuffer::Allocate(std::max<size_t>(bytes, 16)));
-  return absl::OkStatus();
-}
-
-absl::Status ReservePinned(PinnedBuffer& buffer, size_t bytes) {
-  if (buffer.bytes() >= bytes && buffer.data() != nullptr) return absl::OkStatus();
-  buffer = PinnedBuffer();
-  KVSCOPE_ASSIGN_OR_RETURN(buffer, PinnedBuffer::Allocate(std::max<size_t>(bytes, 16)));
-  return absl::OkStatus();
-}
-
 }  // namespace
 
 absl::Status GpuModelShard::Init(const ModelWeights& w) {

@@ -1,7 +1,10 @@
 // File: kernels/cuda/device_buffer.cc
 #include "kernels/cuda/device_buffer.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 #include "kernels/cuda/cuda_status.h"
 
 namespace kvscope::kernels::cuda {
@@ -103,6 +106,20 @@ int VisibleDeviceCount() {
     return 0;
   }
   return count;
+}
+
+absl::Status Reserve(DeviceBuffer& buffer, size_t bytes) {
+  if (buffer.bytes() >= bytes && buffer.data() != nullptr) return absl::OkStatus();
+  buffer = DeviceBuffer();
+  KVSCOPE_ASSIGN_OR_RETURN(buffer, DeviceBuffer::Allocate(std::max<size_t>(bytes, 16)));
+  return absl::OkStatus();
+}
+
+absl::Status ReservePinned(PinnedBuffer& buffer, size_t bytes) {
+  if (buffer.bytes() >= bytes && buffer.data() != nullptr) return absl::OkStatus();
+  buffer = PinnedBuffer();
+  KVSCOPE_ASSIGN_OR_RETURN(buffer, PinnedBuffer::Allocate(std::max<size_t>(bytes, 16)));
+  return absl::OkStatus();
 }
 
 }  // namespace kvscope::kernels::cuda

@@ -77,6 +77,11 @@ class PinnedBuffer {
 // Number of visible CUDA devices; 0 (not an error) when there is no device or no driver.
 int VisibleDeviceCount();
 
+// (Re)allocates `buffer` to at least `bytes` (at least 16) unless it is already that large;
+// the contents are not kept. For workspaces that grow with the step.
+absl::Status Reserve(DeviceBuffer& buffer, size_t bytes);
+absl::Status ReservePinned(PinnedBuffer& buffer, size_t bytes);
+
 }  // namespace kvscope::kernels::cuda
 
 #endif  // KVSCOPE_KERNELS_CUDA_DEVICE_BUFFER_H_
