@@ -840,6 +840,9 @@ absl::StatusOr<std::vector<TrialInfo>> Coordinator::Impl::ListTrials(const std::
       return absl::NotFoundError(absl::StrCat("no experiment ", id));
     }
   }
+  // Memory may be ahead of the store (a change whose commit is still queued); read the
+  // store only once it holds every change this caller could have seen in memory.
+  KVSCOPE_RETURN_IF_ERROR(WaitDurable(LastTicket()));
   KVSCOPE_ASSIGN_OR_RETURN(std::vector<TrialRow> rows, store_->ListTrials(id));
   KVSCOPE_ASSIGN_OR_RETURN(std::vector<AttemptRow> attempts, store_->ListAttempts(id));
   std::vector<TrialInfo> out;
@@ -894,6 +897,7 @@ absl::StatusOr<std::vector<TrialResult>> Coordinator::Impl::Results(const std::s
       return absl::NotFoundError(absl::StrCat("no experiment ", id));
     }
   }
+  KVSCOPE_RETURN_IF_ERROR(WaitDurable(LastTicket()));  // as in ListTrials
   KVSCOPE_ASSIGN_OR_RETURN(std::vector<ResultRecord> rows, store_->ListResults(id));
   std::vector<TrialResult> out;
   out.reserve(rows.size());
