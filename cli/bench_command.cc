@@ -16,6 +16,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "cli/bench_gang.h"
 #include "cli/commands.h"
 #include "cli/flag_set.h"
 #include "cli/progress.h"
@@ -24,10 +25,13 @@
 #include "common/units.h"
 #include "engine/bench_config.h"
 #include "engine/engine.h"
+#include "engine/gang_driver.h"
+#include "engine/gang_session.h"
 #include "engine/metrics.h"
 #include "engine/model.h"
 #include "engine/model_source.h"
 #include "engine/quality.h"
+#include "engine/recording_kv_manager.h"
 #include "engine/serving.h"
 #include "engine/workload.h"
 #include "kvcache/registry.h"
@@ -119,7 +123,7 @@ struct BenchFlags {
   std::vector<std::string> strategy_params;
   int64_t num_requests = 0, concurrency = 0, input_len = 0, output_len = 0, input_min = 0,
           input_max = 0, output_min = 0, output_max = 0, prefix_groups = 0, prefix_len = 0,
-          turns = 0, seed = 0, tp = 0, threads = 0, max_num_seqs = 0,
+          turns = 0, seed = 0, tp = 0, nodes = 0, threads = 0, max_num_seqs = 0,
           max_num_batched_tokens = 0, max_model_len = 0, weights_seed = 0;
   double burstiness = 0, input_spread = 0, output_spread = 0, think_time = 0;
   bool no_chunked_prefill = false, no_ignore_eos = false;
@@ -128,6 +132,7 @@ struct BenchFlags {
   int64_t quality_steps = 0;        // 0: the request's output length, capped at 64
   std::string perplexity_text;
   std::string calibration_text;
+  GangFlags gang;  // --gang-*: this process is one of a gang's (cli/bench_gang.h)
 };
 
 absl::Status ApplyFlags(const FlagSet& flags, const BenchFlags& f, engine::BenchConfig* c) {
@@ -210,6 +215,7 @@ absl::Status ApplyFlags(const FlagSet& flags, const BenchFlags& f, engine::Bench
   if (set("no-ignore-eos") || (set("ignore-eos") && f.no_ignore_eos)) w.ignore_eos = false;
   if (set("out")) c->out_dir = f.out;
   if (set("tp")) c->tp = static_cast<int32_t>(f.tp);
+  if (set("nodes")) c->nodes = static_cast<int32_t>(f.nodes);
   if (set("threads")) c->threads = static_cast<int32_t>(f.threads);
   engine::SchedulerOptions& s = c->scheduler;
   if (set("max-num-seqs")) s.max_num_seqs = static_cast<int32_t>(f.max_num_seqs);
@@ -243,12 +249,28 @@ absl::Status ApplyFlags(const FlagSet& flags, const BenchFlags& f, engine::Bench
 absl::StatusOr<int> Run(engine::BenchConfig c, const BenchFlags& f) {
   KVSCOPE_RETURN_IF_ERROR(engine::ValidateBenchConfig(c));
   KVSCOPE_RETURN_IF_ERROR(engine::CheckBenchConfigRunnable(c));
+  KVSCOPE_RETURN_IF_ERROR(CheckGangFlags(f.gang, c));
+  const bool gang_driver = f.gang.enabled && f.gang.rank == 0;
+  const bool gang_follower = f.gang.enabled && f.gang.rank > 0;
   engine::BenchQualityOptions quality;
   quality.sample_rate = f.quality_sample_rate;
   quality.steps = static_cast<int32_t>(std::clamp<int64_t>(f.quality_steps, -1, INT32_MAX));
   KVSCOPE_RETURN_IF_ERROR(engine::ValidateBenchQualityOptions(quality));
   // Strategy name and parameters are checked before the model is loaded.
   KVSCOPE_RETURN_IF_ERROR(kvcache::ParseStrategyParams(c.strategy, c.strategy_params).status());
+  // A gang's driver publishes the rendezvous blob first, so that the followers can start
+  // joining while every process loads the model; they all must have joined by the deadline.
+  std::unique_ptr<engine::GangDriverSession> gang_session;
+  const engine::Deadline gang_deadline = engine::DeadlineIn(f.gang.timeout_s);
+  if (gang_driver) {
+    KVSCOPE_ASSIGN_OR_RETURN(gang_session,
+                             engine::GangDriverSession::Listen(LayoutOf(f.gang, c),
+                                                               f.gang.listen_host,
+                                                               f.gang.rendezvous_file));
+    std::printf("kvscope bench: gang driver, rendezvous %s in %s\n", gang_session->blob().c_str(),
+                f.gang.rendezvous_file.c_str());
+    std::fflush(stdout);
+  }
   KVSCOPE_ASSIGN_OR_RETURN(engine::LoadedModel model,
                            engine::LoadModel(c.model, {c.weights_seed, 0}));
   const engine::ModelConfig& mc = model.weights->config;
@@ -278,8 +300,11 @@ absl::StatusOr<int> Run(engine::BenchConfig c, const BenchFlags& f) {
   KVSCOPE_RETURN_IF_ERROR(engine::ValidateSchedulerOptions(c.scheduler));
   c.workload.vocab_size = mc.vocab_size;
   c.workload.max_model_len = c.scheduler.max_model_len;
-  KVSCOPE_ASSIGN_OR_RETURN(std::vector<engine::RequestSpec> workload,
-                           engine::BuildWorkload(c.workload, model.tokenizer.get()));
+  // Followers replay the driver's steps: they build no workload.
+  std::vector<engine::RequestSpec> workload;
+  if (!gang_follower) {
+    KVSCOPE_ASSIGN_OR_RETURN(workload, engine::BuildWorkload(c.workload, model.tokenizer.get()));
+  }
 
   kvcache::KvManagerContext context{engine::KvGeometryFor(mc, c.tp), c.kv_memory_bytes,
                                     c.scheduler.max_model_len};
@@ -306,8 +331,18 @@ absl::StatusOr<int> Run(engine::BenchConfig c, const BenchFlags& f) {
   // (`context` itself keeps host storage: the quality check below runs the CPU engine.)
   kvcache::KvManagerContext serving_context = context;
   serving_context.host_kv_storage = c.backend != "cuda";
+  if (gang_follower) {
+    return RunGangFollowerProcess(f.gang, c, model.weights, serving_context);
+  }
   KVSCOPE_ASSIGN_OR_RETURN(std::unique_ptr<kvcache::KvManager> kv,
                            kvcache::CreateKvManager(c.strategy, c.strategy_params, serving_context));
+  // A gang's driver records the manager calls its followers replay.
+  engine::RecordingKvManager* recording = nullptr;
+  if (gang_driver) {
+    auto wrapped = std::make_unique<engine::RecordingKvManager>(std::move(kv));
+    recording = wrapped.get();
+    kv = std::move(wrapped);
+  }
   int64_t smallest = INT64_MAX;
   for (const engine::RequestSpec& r : workload) {
     smallest = std::min<int64_t>(smallest, kv->PeakTokens({r.id, r.prompt, r.output_len}));
@@ -323,6 +358,7 @@ absl::StatusOr<int> Run(engine::BenchConfig c, const BenchFlags& f) {
   // The forward pass: the CPU engine, or (backend: cuda) the GPU engine, whose device KV pool
   // takes the strategy's blocks and mirrors each plan's block copies.
   std::unique_ptr<engine::Engine> eng;
+  std::unique_ptr<engine::GangDriver> gang;
   engine::StepForward forward;
 #if KVSCOPE_WITH_CUDA
   std::unique_ptr<engine::cuda::GpuEngine> gpu;
@@ -362,10 +398,35 @@ absl::StatusOr<int> Run(engine::BenchConfig c, const BenchFlags& f) {
     options.kv_factory = [manager](const kvcache::KvShape&, int rank) {
       return manager->CreateRankCache(rank);
     };
+    engine::GangMembership membership;
+    if (gang_driver) {
+      std::printf("kvscope bench: gang driver waiting for %d follower process(es)\n",
+                  c.nodes - 1);
+      std::fflush(stdout);
+      KVSCOPE_ASSIGN_OR_RETURN(
+          membership, gang_session->Gather(GangFingerprint(c, serving_context), gang_deadline,
+                                           engine::TcpCommOptions{}));
+      options.local_ranks = c.tp / c.nodes;
+      std::vector<std::unique_ptr<engine::Communicator>>* comms = &membership.comms;
+      options.comm_factory =
+          [comms](int rank) -> absl::StatusOr<std::unique_ptr<engine::Communicator>> {
+        return std::move((*comms)[rank]);
+      };
+    }
     KVSCOPE_ASSIGN_OR_RETURN(eng, engine::Engine::Create(model.weights, options));
     engine::Engine* cpu_engine = eng.get();
-    forward = [cpu_engine](absl::Span<const engine::SeqInput> batch,
-                           const kvcache::StepPlan&) { return cpu_engine->Forward(batch); };
+    if (gang_driver) {
+      gang = std::make_unique<engine::GangDriver>(cpu_engine, recording,
+                                                  std::move(membership.followers),
+                                                  engine::GangDriverOptions{});
+      engine::GangDriver* driver = gang.get();
+      forward = [driver](absl::Span<const engine::SeqInput> batch, const kvcache::StepPlan&) {
+        return driver->Forward(batch);
+      };
+    } else {
+      forward = [cpu_engine](absl::Span<const engine::SeqInput> batch,
+                             const kvcache::StepPlan&) { return cpu_engine->Forward(batch); };
+    }
   }
 
   std::printf("kvscope bench: %s, strategy %s, KV %s (%lld tokens), %zu requests, tp=%d\n",
@@ -396,6 +457,13 @@ absl::StatusOr<int> Run(engine::BenchConfig c, const BenchFlags& f) {
   };
   engine::ServingResult run = engine::RunServing(forward, *kv, workload, serving);
   progress.Finish();
+  // Followers exit 0 on "done"; after an incomplete run they see the driver go away instead.
+  if (gang != nullptr && run.complete) {
+    const absl::Status finished = gang->Finish();
+    if (!finished.ok()) {
+      std::fprintf(stderr, "kvscope bench: %s\n", std::string(finished.message()).c_str());
+    }
+  }
 
   engine::ResultDocument doc;
   doc.config = engine::BenchConfigToJson(c);
@@ -491,6 +559,7 @@ int RunBench(const std::vector<std::string>& args) {
   flags.Int("seed", &f.seed, "workload seed");
   flags.String("out", &f.out, "output directory for result.json and requests.jsonl");
   flags.Int("tp", &f.tp, "tensor-parallel size");
+  flags.Int("nodes", &f.nodes, "worker processes the tensor-parallel group spans (a gang)");
   flags.Int("threads", &f.threads, "CPU threads over all ranks; 0 = every core");
   flags.Int("max-num-seqs", &f.max_num_seqs, "most sequences per step (default 256)");
   flags.Int("max-num-batched-tokens", &f.max_num_batched_tokens, "token budget per step (default 2048)");
@@ -512,7 +581,21 @@ int RunBench(const std::vector<std::string>& args) {
   flags.String("progress-file", &f.progress_file,
                "rewrite FILE (atomically) with {\"requests_done\",\"requests_total\","
                "\"elapsed_s\"} as the run progresses");
+  flags.Int("gang-rank", &f.gang.rank,
+            "this process's place in a gang (0 = the driver, which writes the results)");
+  flags.Int("gang-size", &f.gang.size, "processes in the gang (= the configuration's nodes)");
+  flags.String("gang-rendezvous-file", &f.gang.rendezvous_file,
+               "rank 0 writes the gang's rendezvous blob here (atomically); others read it");
+  flags.String("gang-listen-host", &f.gang.listen_host,
+               "rank 0 listens on this host, reachable from the other processes "
+               "(default 127.0.0.1)");
+  flags.Double("gang-timeout", &f.gang.timeout_s,
+               "seconds for every process to join the gang (default 120)");
   if (std::optional<int> code = flags.ParseOrExitCode(args, nullptr)) return *code;
+  f.gang.enabled = flags.IsSet("gang-rank") || flags.IsSet("gang-size") ||
+                   flags.IsSet("gang-rendezvous-file");
+  f.gang.all_given = flags.IsSet("gang-rank") && flags.IsSet("gang-size") &&
+                     flags.IsSet("gang-rendezvous-file");
   // Ctrl-C from here on stops the run cleanly (during set-up: before any request starts).
   g_stop.store(false);
   g_first_sigint_ns.store(0);

@@ -47,7 +47,10 @@ struct BenchConfig {
   std::map<std::string, std::string> strategy_params;  // validated by kvcache/registry.h
   int64_t kv_memory_bytes = 64LL << 20;  // device KV budget per rank
   int32_t tp = 1;
-  int32_t threads = 0;  // CPU threads over all ranks; 0 = every core
+  // Worker processes the tensor-parallel group spans (a "gang", docs/cluster.md): process p
+  // runs ranks [p * tp / nodes, (p + 1) * tp / nodes). 1 = every rank in this process.
+  int32_t nodes = 1;
+  int32_t threads = 0;  // CPU threads over this process's ranks; 0 = every core
   // Where the forward pass runs: "cpu" (engine/engine.h) or "cuda" (engine/cuda/
   // gpu_engine.h: one GPU per rank, devices 0..tp-1; kvscope built with KVSCOPE_CUDA).
   std::string backend = "cpu";
@@ -68,14 +71,15 @@ struct BenchConfig {
 absl::Status ParseBenchConfigYaml(const std::string& yaml_text, const std::string& source,
                                   BenchConfig* config);
 
-// Checks the whole configuration before any work: model given, budget > 0, tp >= 1, backend
-// "cpu" or "cuda", the workload (ValidateWorkloadSpec) and scheduler options
+// Checks the whole configuration before any work: model given, budget > 0, tp >= 1,
+// nodes >= 1 dividing tp (messages start with "nodes"), backend "cpu" or "cuda", the workload (ValidateWorkloadSpec) and scheduler options
 // (ValidateSchedulerOptions, except max_model_len 0 which is filled from the model later),
 // out_dir given.
 absl::Status ValidateBenchConfig(const BenchConfig& config);
 
 // OK if this binary can run `config` (FailedPrecondition for `backend: cuda` in a build
-// without CUDA, saying how to fix it). Separate from ValidateBenchConfig because a
+// without CUDA, saying how to fix it; Unimplemented for `backend: cuda` with nodes > 1, which
+// runs on the cpu backend only). Separate from ValidateBenchConfig because a
 // coordinator built without CUDA still validates sweeps whose trials run on GPU workers.
 absl::Status CheckBenchConfigRunnable(const BenchConfig& config);
 

@@ -1,8 +1,9 @@
 // File: engine/communicator.h
 //
 // Collective operations between the ranks of a tensor-parallel group. The CPU
-// implementation runs each rank as a thread of one process; the NCCL implementation
-// (CUDA builds) sits behind the same interface.
+// implementation runs each rank as a thread of one process; engine/tcp_comm_group.h spans
+// processes (gangs) with the same summation order; the NCCL implementation (CUDA builds)
+// sits behind the same interface.
 #ifndef KVSCOPE_ENGINE_COMMUNICATOR_H_
 #define KVSCOPE_ENGINE_COMMUNICATOR_H_
 

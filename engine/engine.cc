@@ -19,7 +19,29 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Mod
     return absl::InvalidArgumentError(
         absl::StrCat("KV block size must be positive, got ", options.block_size));
   }
-  std::unique_ptr<Engine> engine(new Engine(std::move(weights), options));
+  EngineOptions resolved = options;
+  if (resolved.local_ranks == 0) resolved.local_ranks = resolved.tp_size - resolved.first_rank;
+  if (resolved.first_rank < 0 || resolved.local_ranks < 1 ||
+      resolved.first_rank + resolved.local_ranks > resolved.tp_size) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "engine ranks [", resolved.first_rank, ", ", resolved.first_rank + resolved.local_ranks,
+        ") are not inside the tensor-parallel group of ", resolved.tp_size));
+  }
+  if (!resolved.comm_factory && resolved.local_ranks != resolved.tp_size) {
+    return absl::InvalidArgumentError(
+        "an engine running only some of the ranks needs a comm_factory for them");
+  }
+  std::unique_ptr<Engine> engine(new Engine(std::move(weights), resolved));
+  if (resolved.comm_factory) {
+    for (int i = 0; i < resolved.local_ranks; ++i) {
+      KVSCOPE_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> comm,
+                               resolved.comm_factory(resolved.first_rank + i));
+      engine->comms_.push_back(std::move(comm));
+    }
+  } else {
+    engine->group_ = std::make_unique<LocalCommGroup>(resolved.tp_size);
+    for (int r = 0; r < resolved.tp_size; ++r) engine->comms_.push_back(engine->group_->ForRank(r));
+  }
   // Strategies with offline model-dependent setup (InfiniGen's skewing matrices).
   for (auto& cache : engine->caches_) {
     KVSCOPE_RETURN_IF_ERROR(PrepareInfinigen(*engine->weights_, *cache));
@@ -32,12 +54,10 @@ Engine::Engine(std::shared_ptr<const ModelWeights> weights, const EngineOptions&
   const int cores = options_.num_threads > 0
                         ? options_.num_threads
                         : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
-  threads_per_rank_ = std::max(1, cores / options_.tp_size);
+  threads_per_rank_ = std::max(1, cores / options_.local_ranks);
   // Every op, GEMMs included (kernels/cpu/linear.cc), parallelizes with its rank's OpenMP
-  // team of threads_per_rank_ threads.
-  group_ = std::make_unique<LocalCommGroup>(options_.tp_size);
-  for (int r = 0; r < options_.tp_size; ++r) {
-    comms_.push_back(group_->ForRank(r));
+  // team of threads_per_rank_ threads. Communicators are made by Create.
+  for (int r = options_.first_rank; r < options_.first_rank + options_.local_ranks; ++r) {
     shards_.push_back(std::make_unique<ModelShard>(*weights_, r, options_.tp_size));
     const kvcache::KvShape shape = shards_.back()->kv_shape();
     if (options_.kv_factory) {
@@ -58,16 +78,18 @@ absl::StatusOr<ForwardOutput> Engine::Forward(absl::Span<const SeqInput> batch) 
   }
   KVSCOPE_RETURN_IF_ERROR(ValidateSeqInputs(config(), batch));
   ForwardOutput out;
-  const int tp = options_.tp_size;
-  std::vector<absl::Status> status(tp);
-  auto run_rank = [&](int r) {
+  const int local = options_.local_ranks;
+  std::vector<absl::Status> status(local);
+  // `i` indexes the local ranks; global rank first_rank + i.
+  auto run_rank = [&](int i) {
     omp_set_num_threads(threads_per_rank_);
-    status[r] = shards_[r]->Forward(batch, *caches_[r], *comms_[r], r == 0 ? &out : nullptr);
+    const bool first = options_.first_rank + i == 0;
+    status[i] = shards_[i]->Forward(batch, *caches_[i], *comms_[i], first ? &out : nullptr);
     // A failed rank must not leave the others waiting in a collective.
-    if (!status[r].ok()) comms_[r]->Abort();
+    if (!status[i].ok()) comms_[i]->Abort();
   };
   std::vector<std::thread> threads;
-  for (int r = 1; r < tp; ++r) threads.emplace_back(run_rank, r);
+  for (int i = 1; i < local; ++i) threads.emplace_back(run_rank, i);
   run_rank(0);
   for (std::thread& t : threads) t.join();
   absl::Status first;  // the first real error, not the "aborted" echo of other ranks
@@ -91,6 +113,10 @@ absl::StatusOr<ForwardOutput> Engine::Forward(absl::Span<const SeqInput> batch) 
 
 void Engine::Release(int64_t seq_id) {
   for (auto& cache : caches_) cache->Release(seq_id);
+}
+
+void Engine::AbortCollectives() {
+  for (auto& comm : comms_) comm->Abort();
 }
 
 }  // namespace kvscope::engine

@@ -4,6 +4,12 @@
 // and the communicator group. Forward() runs one step on every rank (rank 0 on the calling
 // thread, the others on threads of their own) and returns rank 0's logits.
 //
+// By default every rank lives in this process and the ranks talk through a LocalCommGroup.
+// A gang (engine/gang_driver.h, several processes) gives each process's engine a slice of
+// the ranks (EngineOptions::first_rank, local_ranks) and their communicators
+// (comm_factory, e.g. engine/tcp_comm_group.h); its Forward then runs only those ranks and
+// returns logits only where rank 0 is local (an empty ForwardOutput elsewhere).
+//
 // Thread-safety: one caller at a time.
 #ifndef KVSCOPE_ENGINE_ENGINE_H_
 #define KVSCOPE_ENGINE_ENGINE_H_
@@ -27,6 +33,13 @@ struct EngineOptions {
   std::function<std::unique_ptr<kvcache::KvCache>(const kvcache::KvShape&, int rank)> kv_factory;
   int32_t block_size = 16;
   int64_t max_kv_tokens = 0;  // 0 = unbounded
+  // The ranks this engine runs: [first_rank, first_rank + local_ranks) of tp_size
+  // (local_ranks 0 = all). num_threads is shared by these ranks only.
+  int first_rank = 0;
+  int local_ranks = 0;
+  // The communicator of global rank `rank` (called once per local rank, in rank order);
+  // null = one LocalCommGroup over the local ranks, which then must be all of them.
+  std::function<absl::StatusOr<std::unique_ptr<Communicator>>(int rank)> comm_factory;
 };
 
 class Engine {
@@ -42,12 +55,19 @@ class Engine {
   // the ranks the engine refuses further steps (FailedPrecondition): its caches may disagree.
   absl::StatusOr<ForwardOutput> Forward(absl::Span<const SeqInput> batch);
 
-  // Frees the sequence's KV on every rank.
+  // Frees the sequence's KV on every local rank.
   void Release(int64_t seq_id);
+
+  // Aborts every local rank's communicator, so that ranks of other processes blocked in a
+  // collective with them fail instead of waiting (a gang member that cannot run a step).
+  void AbortCollectives();
 
   const ModelConfig& config() const { return weights_->config; }
   int tp_size() const { return options_.tp_size; }
-  kvcache::KvCache& kv_cache(int rank) { return *caches_[rank]; }
+  int first_rank() const { return options_.first_rank; }
+  int local_ranks() const { return options_.local_ranks; }
+  // The cache of global rank `rank`, which must be local.
+  kvcache::KvCache& kv_cache(int rank) { return *caches_[rank - options_.first_rank]; }
 
  private:
   Engine(std::shared_ptr<const ModelWeights> weights, const EngineOptions& options);

@@ -234,7 +234,7 @@ TEST(BenchConfigYamlTest, UnknownKeysListTheAllowedOnes) {
             "turns, think_time, first_token_id");
   EXPECT_EQ(ParseError("tp: 1\nmodle: {preset: x}\n"),
             "bench.yaml:2: unknown key 'modle'; allowed: model, strategy, memory, workload, "
-            "scheduler, goodput, tp, threads, seed, out, request_rate, backend, gpu");
+            "scheduler, goodput, tp, nodes, threads, seed, out, request_rate, backend, gpu");
   EXPECT_THAT(ParseError("workload: {input_len: {mean: 3, sigma: 1}}"),
               StartsWith("bench.yaml:1: unknown key 'workload.input_len.sigma'; allowed: dist, "
                          "mean, spread, min, max"));
@@ -269,7 +269,7 @@ TEST(BenchConfigYamlTest, WrongTypes) {
                          "2147483647], found '3000000000'"));
   EXPECT_EQ(ParseError("- a\n- b\n"),
             "bench.yaml:1: expected a map with the keys model, strategy, memory, workload, "
-            "scheduler, goodput, tp, threads, seed, out, request_rate, backend, gpu, found a list");
+            "scheduler, goodput, tp, nodes, threads, seed, out, request_rate, backend, gpu, found a list");
   EXPECT_EQ(ParseError("goodput: {ttft_ms: 0}"),
             "bench.yaml:1: key 'goodput.ttft_ms': objectives must be > 0 ms, found '0'");
 }
@@ -419,6 +419,30 @@ TEST(ValidateBenchConfigTest, BackendAndGpuOptions) {
   EXPECT_FALSE(BenchConfigToJson(ValidConfig()).contains("gpu"));
 }
 
+// `nodes`: the processes a trial's tensor-parallel group spans (a gang). Ordinary key,
+// recorded in the result only when it is not 1; `backend: cuda` cannot span processes yet.
+TEST(ValidateBenchConfigTest, NodesSplitTheTensorParallelGroup) {
+  BenchConfig c = ValidConfig();
+  EXPECT_EQ(c.nodes, 1);
+  EXPECT_FALSE(BenchConfigToJson(c).contains("nodes"));
+  ASSERT_TRUE(ParseBenchConfigYaml("tp: 4\nnodes: 2\n", "bench.yaml", &c).ok());
+  EXPECT_EQ(c.tp, 4);
+  EXPECT_EQ(c.nodes, 2);
+  EXPECT_TRUE(ValidateBenchConfig(c).ok()) << ValidateBenchConfig(c);
+  EXPECT_TRUE(CheckBenchConfigRunnable(c).ok()) << CheckBenchConfigRunnable(c);
+  EXPECT_EQ(BenchConfigToJson(c)["nodes"], 2);
+  c.nodes = 4;  // one rank per process
+  EXPECT_TRUE(ValidateBenchConfig(c).ok()) << ValidateBenchConfig(c);
+  EXPECT_THAT(ParseError("nodes: two"), HasSubstr("key 'nodes': expected an integer"));
+  c.backend = "cuda";
+  const absl::Status st = CheckBenchConfigRunnable(c);
+  EXPECT_FALSE(st.ok());
+#if KVSCOPE_WITH_CUDA
+  EXPECT_TRUE(absl::IsUnimplemented(st)) << st;
+  EXPECT_THAT(st.message(), HasSubstr("nodes > 1 runs on the cpu backend only"));
+#endif
+}
+
 TEST(ValidateBenchConfigTest, RejectsEachBadField) {
   struct Case {
     const char* name;
@@ -430,6 +454,13 @@ TEST(ValidateBenchConfigTest, RejectsEachBadField) {
       {"empty strategy", [](BenchConfig* c) { c->strategy.clear(); }, "strategy"},
       {"kv memory 0", [](BenchConfig* c) { c->kv_memory_bytes = 0; }, "kv_memory_bytes"},
       {"tp 0", [](BenchConfig* c) { c->tp = 0; }, "tp must be >= 1"},
+      {"nodes 0", [](BenchConfig* c) { c->nodes = 0; }, "nodes must be >= 1"},
+      {"nodes not dividing tp",
+       [](BenchConfig* c) {
+         c->tp = 4;
+         c->nodes = 3;
+       },
+       "nodes must divide tp (each process runs tp / nodes ranks), got nodes 3 and tp 4"},
       {"threads -1", [](BenchConfig* c) { c->threads = -1; }, "threads"},
       {"negative rate", [](BenchConfig* c) { c->workload.request_rate = -1; },
        "request_rate must be > 0 or inf"},
