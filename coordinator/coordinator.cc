@@ -38,6 +38,7 @@
 #include <mutex>
 #include <set>
 #include <thread>
+#include <tuple>
 #include <unordered_map>
 #include <unordered_set>
 #include <utility>
@@ -162,8 +163,20 @@ std::string NormalizePath(std::string path) {
 
 std::string RequirementsKey(const TrialRequirements& r) {
   return absl::StrCat(r.backend, "|", r.gpus, "|", r.cpu_threads, "|", r.gpu_memory_bytes, "|",
-                      NormalizePath(r.model_path));
+                      NormalizePath(r.model_path), "|", std::max(1, r.nodes));
 }
+
+// One rank of one attempt: the key of a rank's lease renewal.
+struct RankKey {
+  int64_t attempt = 0;
+  int32_t rank = 0;
+  bool operator==(const RankKey& o) const { return attempt == o.attempt && rank == o.rank; }
+};
+struct RankKeyHash {
+  size_t operator()(const RankKey& k) const {
+    return std::hash<int64_t>()(k.attempt) * 31 + static_cast<size_t>(k.rank);
+  }
+};
 
 bool Unfinished(TrialState s) {
   return s == TrialState::kPending || s == TrialState::kLeased || s == TrialState::kRunning;
@@ -222,6 +235,16 @@ class Coordinator::Impl {
                                    Callback<absl::StatusOr<std::vector<TrialAssignment>>> done);
   void CancelAsync(const std::string& experiment_id, Callback<absl::Status> done);
 
+  absl::Status PublishRendezvous(const std::string& worker_id, int64_t attempt_id,
+                                 const std::string& gang_id, const std::string& blob);
+  absl::StatusOr<Rendezvous> AwaitRendezvous(const std::string& worker_id, int64_t attempt_id,
+                                             const std::string& gang_id, int32_t rank,
+                                             double timeout_seconds);
+  int64_t AwaitRendezvousAsync(const std::string& worker_id, int64_t attempt_id,
+                               const std::string& gang_id, int32_t rank,
+                               double timeout_seconds, Callback<absl::StatusOr<Rendezvous>> done);
+  void CancelAwait(int64_t handle);
+
  private:
   struct Trial {
     std::string id;
@@ -246,16 +269,45 @@ class Coordinator::Impl {
     std::array<int64_t, 6> counts{};  // by TrialState
     std::vector<int32_t> trials;      // indices into trials_, in index order
   };
+  // One rank's hold on its worker (an ordinary attempt has one: rank 0).
+  struct Hold {
+    std::string worker_id;
+    std::vector<int32_t> gpus;  // GpuInfo::index values
+    bool cpu = false;           // counts against max_cpu_trials
+    int64_t renewed_nanos = 0;  // on clock_
+    double renewed_unix_s = 0;
+    bool delivered = true;      // handed to its worker (ranks > 0 start undelivered)
+    bool released = false;      // a rank > 0 that reported success: holds nothing any more
+  };
   struct Lease {
     int64_t attempt_id = 0;
     int32_t trial = 0;
     int32_t number = 1;
-    std::string worker_id;
-    std::vector<int32_t> gpus;  // GpuInfo::index values
-    bool cpu = false;           // counts against max_cpu_trials
-    bool running = false;
-    int64_t renewed_nanos = 0;  // on clock_
-    double renewed_unix_s = 0;
+    bool running = false;        // rank 0 reported progress
+    std::vector<Hold> ranks;     // in rank order; one unless a gang
+    std::string gang_id;         // "" unless a gang
+    bool recovered = false;      // a gang found open at start: its rendezvous may be lost
+    int64_t recovered_nanos = 0; // on clock_: when it was found
+    const std::string& worker_id() const { return ranks[0].worker_id; }
+    bool gang() const { return ranks.size() > 1; }
+    // The rank `worker_id` holds (released or not), or -1.
+    int32_t RankOf(const std::string& worker_id) const {
+      for (size_t r = 0; r < ranks.size(); ++r) {
+        if (ranks[r].worker_id == worker_id) return static_cast<int32_t>(r);
+      }
+      return -1;
+    }
+  };
+  // What a worker has free: GPUs (by position in caps.gpus) and CPU trial slots in use.
+  struct Capacity {
+    std::vector<bool> gpu_busy;
+    int32_t cpu_running = 0;
+  };
+  // An AwaitRendezvousAsync call waiting for its blob.
+  struct RendezvousWaiter {
+    int64_t attempt_id = 0;
+    std::chrono::steady_clock::time_point deadline;
+    Callback<absl::StatusOr<Rendezvous>> done;
   };
   struct Worker {
     std::string id;
@@ -350,6 +402,32 @@ class Coordinator::Impl {
   static ExperimentState Derive(const Experiment& e);
   bool Fits(const Worker& w, const TrialRequirements& r, const std::vector<bool>& gpu_busy,
             int32_t cpu_running) const;
+  Capacity CapacityOf(const Worker& w) const;
+  // Reserves what one rank of `r` needs from `cap` (a CPU slot, or r.gpus GPUs of the
+  // needed memory) and returns the GPUs taken.
+  std::vector<int32_t> Take(const Worker& w, const TrialRequirements& r, Capacity* cap) const;
+  bool Alive(const Worker& w, int64_t now) const {
+    return w.heard && static_cast<double>(now - w.last_heard_nanos) * 1e-9 < options_.lease_seconds;
+  }
+  // Up to `n` alive workers other than `except` that can take one rank of `r` now.
+  std::vector<Worker*> FindFollowers(const std::string& except, const TrialRequirements& r,
+                                     int32_t n, int64_t now);
+  TrialAssignment MakeAssignment(const Lease& lease, int32_t rank) const;
+  // Registers a new lease's holds with their workers and the heartbeat owner map.
+  void AddLease(Lease lease);
+  // AwaitRendezvous up to the wait: the blob, nullopt to wait, or the refusal. Ends a
+  // recovered gang whose rendezvous is lost (RendezvousLost), setting `*ticket`; for an
+  // attempt that has ended, sets `*ticket` to the last queued one (its end may be queued).
+  absl::StatusOr<std::optional<Rendezvous>> AwaitCheckLocked(const std::string& worker_id,
+                                                              int64_t attempt_id,
+                                                              const std::string& gang_id,
+                                                              int32_t rank, int64_t* ticket);
+  bool RendezvousLost(const Lease& lease) const;
+  // Ends the recovered gang attempt `attempt_id` whose rendezvous was lost; returns the
+  // Aborted status to answer.
+  absl::Status EndLostRendezvousLocked(int64_t attempt_id, int64_t* ticket);
+  // Rendezvous thread body: times out waiters and runs the completions queued in rv_due_.
+  void RendezvousLoop();
 
   Store* const store_;
   const Clock* const clock_;
@@ -380,8 +458,9 @@ class Coordinator::Impl {
   };
   std::mutex hb_mu_;
   std::unordered_set<std::string> hb_workers_;
-  std::unordered_map<int64_t, std::string> hb_lease_owner_;
-  std::unordered_map<int64_t, Stamp> hb_renewed_;      // attempt -> latest renewal
+  // attempt -> the worker of each rank ("" for a released rank)
+  std::unordered_map<int64_t, std::vector<std::string>> hb_lease_owner_;
+  std::unordered_map<RankKey, Stamp, RankKeyHash> hb_renewed_;  // rank -> latest renewal
   std::unordered_map<std::string, Stamp> hb_heard_;    // worker -> latest heartbeat
 
   // Group commit. commit_mu_ is taken after mu_ (never the other way round) or alone.
@@ -398,6 +477,20 @@ class Coordinator::Impl {
   std::condition_variable commit_wanted_;  // waiters_ or stop_commits_ changed, or a commit ended
   bool stop_commits_ = false;
   std::thread commit_thread_;
+
+  // Gang rendezvous, guarded by mu_ (rv_cv_ waits on mu_). Blobs live in memory only.
+  std::unordered_map<int64_t, std::string> rendezvous_;  // attempt -> published blob
+  std::map<int64_t, RendezvousWaiter> rv_waiters_;       // by handle
+  int64_t next_rv_handle_ = 1;
+  // Completions for the rendezvous thread to run without mu_.
+  std::vector<std::pair<Callback<absl::StatusOr<Rendezvous>>, absl::StatusOr<Rendezvous>>>
+      rv_due_;
+  // Waiters of attempts that the change being made ended (ReleaseLease): answered (Aborted)
+  // once that change is durable; Finish hands them to the commit with its ticket.
+  std::vector<std::pair<Callback<absl::StatusOr<Rendezvous>>, absl::Status>> rv_ended_;
+  std::condition_variable rv_cv_;
+  bool stop_rv_ = false;
+  std::thread rv_thread_;
 };
 
 // --- bookkeeping ---
@@ -455,16 +548,127 @@ void Coordinator::Impl::AddEvent(Op* op, const std::string& experiment_id,
 void Coordinator::Impl::ReleaseLease(int64_t attempt_id) {
   auto it = leases_.find(attempt_id);
   if (it == leases_.end()) return;
-  auto w = workers_.find(it->second.worker_id);
-  if (w != workers_.end()) w->second.attempts.erase(attempt_id);
+  const int32_t n = static_cast<int32_t>(it->second.ranks.size());
+  for (const Hold& h : it->second.ranks) {
+    auto w = workers_.find(h.worker_id);
+    if (w != workers_.end()) w->second.attempts.erase(attempt_id);
+  }
+  const bool gang = it->second.gang();
   leases_.erase(it);
-  std::lock_guard<std::mutex> hb_lock(hb_mu_);
-  hb_lease_owner_.erase(attempt_id);
-  hb_renewed_.erase(attempt_id);
+  {
+    std::lock_guard<std::mutex> hb_lock(hb_mu_);
+    hb_lease_owner_.erase(attempt_id);
+    for (int32_t r = 0; r < n; ++r) hb_renewed_.erase(RankKey{attempt_id, r});
+  }
+  if (!gang) return;
+  // The gang is over: its rendezvous goes, and whoever waits for it is told to stop, once
+  // the change that ended it is durable (Finish hands them to the commit).
+  rendezvous_.erase(attempt_id);
+  for (auto w = rv_waiters_.begin(); w != rv_waiters_.end();) {
+    if (w->second.attempt_id != attempt_id) {
+      ++w;
+      continue;
+    }
+    rv_ended_.emplace_back(std::move(w->second.done),
+                           absl::AbortedError(absl::StrCat(
+                               "gang attempt ", attempt_id,
+                               " ended (a rank failed or its lease expired, the experiment was "
+                               "cancelled, or the trial finished); stop this rank")));
+    w = rv_waiters_.erase(w);
+  }
+}
+
+Coordinator::Impl::Capacity Coordinator::Impl::CapacityOf(const Worker& w) const {
+  Capacity cap;
+  cap.gpu_busy.assign(w.caps.gpus.size(), false);
+  for (int64_t a : w.attempts) {
+    const Lease& lease = leases_.at(a);
+    const int32_t r = lease.RankOf(w.id);
+    if (r < 0) continue;
+    const Hold& hold = lease.ranks[static_cast<size_t>(r)];
+    if (hold.released) continue;
+    if (hold.cpu) ++cap.cpu_running;
+    for (int32_t g : hold.gpus) {
+      for (size_t i = 0; i < w.caps.gpus.size(); ++i) {
+        if (w.caps.gpus[i].index == g) cap.gpu_busy[i] = true;
+      }
+    }
+  }
+  return cap;
+}
+
+std::vector<int32_t> Coordinator::Impl::Take(const Worker& w, const TrialRequirements& r,
+                                             Capacity* cap) const {
+  std::vector<int32_t> gpus;
+  if (r.backend != "cuda") {
+    ++cap->cpu_running;
+    return gpus;
+  }
+  for (size_t g = 0;
+       g < w.caps.gpus.size() && static_cast<int32_t>(gpus.size()) < std::max(1, r.gpus); ++g) {
+    if (cap->gpu_busy[g] || w.caps.gpus[g].memory_bytes < r.gpu_memory_bytes) continue;
+    cap->gpu_busy[g] = true;
+    gpus.push_back(w.caps.gpus[g].index);
+  }
+  return gpus;
+}
+
+std::vector<Coordinator::Impl::Worker*> Coordinator::Impl::FindFollowers(
+    const std::string& except, const TrialRequirements& r, int32_t n, int64_t now) {
+  std::vector<Worker*> out;
+  std::vector<Worker*> sorted;
+  for (auto& [id, w] : workers_) sorted.push_back(&w);
+  std::sort(sorted.begin(), sorted.end(),
+            [](const Worker* a, const Worker* b) { return a->seq < b->seq; });
+  for (Worker* w : sorted) {
+    if (static_cast<int32_t>(out.size()) >= n) break;
+    if (w->id == except || !Alive(*w, now)) continue;
+    const Capacity cap = CapacityOf(*w);
+    if (Fits(*w, r, cap.gpu_busy, cap.cpu_running)) out.push_back(w);
+  }
+  return out;
+}
+
+TrialAssignment Coordinator::Impl::MakeAssignment(const Lease& lease, int32_t rank) const {
+  const Trial& t = trials_[lease.trial];
+  TrialAssignment a;
+  a.experiment_id = experiments_[t.experiment].id;
+  a.trial_id = t.id;
+  a.attempt_id = lease.attempt_id;
+  a.attempt_number = lease.number;
+  a.gpu_indices = lease.ranks[static_cast<size_t>(rank)].gpus;
+  a.lease_seconds = options_.lease_seconds;
+  if (lease.gang()) {
+    GangPlacement g;
+    g.gang_id = lease.gang_id;
+    g.rank = rank;
+    g.world_size = static_cast<int32_t>(lease.ranks.size());
+    for (const Hold& h : lease.ranks) g.worker_ids.push_back(h.worker_id);
+    const TrialRequirements& r = classes_[t.klass].requirements;
+    g.gpus_per_rank = r.backend == "cuda" ? std::max(1, r.gpus) : 0;
+    a.gang = std::move(g);
+  }
+  return a;
+}
+
+void Coordinator::Impl::AddLease(Lease lease) {
+  std::vector<std::string> owners;
+  for (const Hold& h : lease.ranks) {
+    owners.push_back(h.released ? std::string() : h.worker_id);
+    if (h.released) continue;
+    auto w = workers_.find(h.worker_id);
+    if (w != workers_.end()) w->second.attempts.insert(lease.attempt_id);
+  }
+  {
+    std::lock_guard<std::mutex> hb_lock(hb_mu_);
+    hb_lease_owner_[lease.attempt_id] = std::move(owners);
+  }
+  const int64_t id = lease.attempt_id;
+  leases_.emplace(id, std::move(lease));
 }
 
 void Coordinator::Impl::FoldHeartbeats() {
-  std::unordered_map<int64_t, Stamp> renewed;
+  std::unordered_map<RankKey, Stamp, RankKeyHash> renewed;
   std::unordered_map<std::string, Stamp> heard;
   {
     std::lock_guard<std::mutex> hb_lock(hb_mu_);
@@ -479,11 +683,16 @@ void Coordinator::Impl::FoldHeartbeats() {
     w->second.last_heartbeat_unix_s = stamp.unix_s;
     w->second.heartbeat_dirty = true;
   }
-  for (const auto& [attempt, stamp] : renewed) {
-    auto lease = leases_.find(attempt);
-    if (lease == leases_.end() || stamp.nanos < lease->second.renewed_nanos) continue;
-    lease->second.renewed_nanos = stamp.nanos;
-    lease->second.renewed_unix_s = stamp.unix_s;
+  for (const auto& [key, stamp] : renewed) {
+    auto lease = leases_.find(key.attempt);
+    if (lease == leases_.end() || key.rank < 0 ||
+        static_cast<size_t>(key.rank) >= lease->second.ranks.size()) {
+      continue;
+    }
+    Hold& hold = lease->second.ranks[static_cast<size_t>(key.rank)];
+    if (stamp.nanos < hold.renewed_nanos) continue;
+    hold.renewed_nanos = stamp.nanos;
+    hold.renewed_unix_s = stamp.unix_s;
   }
 }
 
@@ -537,10 +746,30 @@ int64_t Coordinator::Impl::Finish(Op* op) {
     dirty_experiments_.erase(x);
   }
   if (!op->experiments.empty()) changed_.notify_all();
-  if (op->batch.empty()) return 0;
+  if (op->batch.empty()) {
+    // Nothing to wait for: the rendezvous thread answers the ended waiters (if any).
+    if (!rv_ended_.empty()) {
+      for (auto& [done, outcome] : rv_ended_) rv_due_.emplace_back(std::move(done), outcome);
+      rv_ended_.clear();
+      rv_cv_.notify_all();
+    }
+    return 0;
+  }
   std::lock_guard<std::mutex> lock(commit_mu_);
   queue_.push_back(std::move(op->batch));
-  return ++enqueued_;
+  const int64_t ticket = ++enqueued_;
+  // Waiters of gang attempts this change ended hear Aborted once it is durable (or the
+  // commit's error), like any asynchronous caller.
+  if (!rv_ended_.empty()) {
+    for (auto& [done, outcome] : rv_ended_) {
+      waiters_.emplace(ticket, [done = std::move(done), outcome](absl::Status s) {
+        done(s.ok() ? absl::StatusOr<Rendezvous>(outcome) : absl::StatusOr<Rendezvous>(s));
+      });
+    }
+    rv_ended_.clear();
+    commit_wanted_.notify_one();
+  }
+  return ticket;
 }
 
 int64_t Coordinator::Impl::LastTicket() {
@@ -622,9 +851,17 @@ void Coordinator::Impl::CommitLoop() {
 
 void Coordinator::Impl::StartCommitThread() {
   commit_thread_ = std::thread([this] { CommitLoop(); });
+  rv_thread_ = std::thread([this] { RendezvousLoop(); });
 }
 
 Coordinator::Impl::~Impl() {
+  // The rendezvous thread first: it answers the waiters still there and may queue commits.
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_rv_ = true;
+  }
+  rv_cv_.notify_all();
+  if (rv_thread_.joinable()) rv_thread_.join();
   {
     std::lock_guard<std::mutex> lock(commit_mu_);
     stop_commits_ = true;
@@ -718,6 +955,9 @@ absl::Status Coordinator::Impl::Load() {
   const int64_t now = clock_->NowNanos();
   const double now_unix_s = WallNow();
   KVSCOPE_ASSIGN_OR_RETURN(std::vector<AttemptRow> open, store_->LoadOpenAttempts());
+  KVSCOPE_ASSIGN_OR_RETURN(std::vector<AttemptRankRow> open_ranks,
+                           store_->LoadOpenAttemptRanks());
+  std::map<int64_t, Lease> loaded;
   for (const AttemptRow& row : open) {
     auto t = trial_by_id_.find(row.trial_id);
     if (t == trial_by_id_.end()) continue;
@@ -725,19 +965,45 @@ absl::Status Coordinator::Impl::Load() {
     lease.attempt_id = row.id;
     lease.trial = t->second;
     lease.number = row.number;
-    lease.worker_id = row.worker_id;
-    lease.gpus = row.gpu_indices;
-    lease.cpu = classes_[trials_[t->second].klass].requirements.backend != "cuda";
     lease.running = row.state == "running";
-    lease.renewed_nanos = now;
-    lease.renewed_unix_s = now_unix_s;
-    auto w = workers_.find(row.worker_id);
-    if (w != workers_.end()) w->second.attempts.insert(row.id);
-    {
-      std::lock_guard<std::mutex> hb_lock(hb_mu_);
-      hb_lease_owner_[row.id] = row.worker_id;
+    const bool cpu = classes_[trials_[t->second].klass].requirements.backend != "cuda";
+    lease.ranks.resize(static_cast<size_t>(std::max(1, row.world_size)));
+    for (Hold& h : lease.ranks) {
+      h.cpu = cpu;
+      h.renewed_nanos = now;
+      h.renewed_unix_s = now_unix_s;
     }
-    leases_.emplace(row.id, std::move(lease));
+    lease.ranks[0].worker_id = row.worker_id;
+    lease.ranks[0].gpus = row.gpu_indices;
+    lease.gang_id = row.gang_id;
+    // The rendezvous of a gang in flight was in the old process's memory only.
+    lease.recovered = lease.gang();
+    lease.recovered_nanos = now;
+    loaded.emplace(row.id, std::move(lease));
+  }
+  for (const AttemptRankRow& row : open_ranks) {
+    auto lease = loaded.find(row.attempt_id);
+    if (lease == loaded.end()) continue;
+    if (row.rank < 1 || static_cast<size_t>(row.rank) >= lease->second.ranks.size()) {
+      return absl::DataLossError(absl::StrCat("store ", store_->path(), ": attempt ",
+                                              row.attempt_id, " has a rank ", row.rank,
+                                              " outside its world size ",
+                                              lease->second.ranks.size()));
+    }
+    Hold& h = lease->second.ranks[static_cast<size_t>(row.rank)];
+    h.worker_id = row.worker_id;
+    h.gpus = row.gpu_indices;
+    h.delivered = row.state != "placed";
+    h.released = row.state == "released";
+  }
+  for (auto& [id, lease] : loaded) {
+    for (size_t r = 1; r < lease.ranks.size(); ++r) {
+      if (lease.ranks[r].worker_id.empty()) {
+        return absl::DataLossError(absl::StrCat("store ", store_->path(), ": gang attempt ", id,
+                                                " has no row for its rank ", r));
+      }
+    }
+    AddLease(std::move(lease));
   }
   KVSCOPE_ASSIGN_OR_RETURN(int64_t max_attempt, store_->MaxAttemptId());
   next_attempt_id_ = max_attempt + 1;
@@ -935,11 +1201,12 @@ absl::Status Coordinator::Impl::CancelLocked(const std::string& id, int64_t* tic
         a.id = lease->first;
         a.state = "cancelled";
         a.error = "experiment cancelled";
-        a.lease_renewed_unix_s = lease->second.renewed_unix_s;
+        a.lease_renewed_unix_s = lease->second.ranks[0].renewed_unix_s;
         a.finished_unix_s = op.now_unix_s;
         op.batch.attempt_changes.push_back(std::move(a));
         AddEvent(&op, id, trial.id, lease->first, "cancel",
-                 absl::StrCat("attempt ", lease->second.number, " on ", lease->second.worker_id,
+                 absl::StrCat("attempt ", lease->second.number, " on ", lease->second.worker_id(),
+                              lease->second.gang() ? " (and the other ranks of its gang)" : "",
                               " is stopped at the worker's next heartbeat"));
         ReleaseLease(trial.current_attempt);
       }
@@ -1045,11 +1312,17 @@ absl::StatusOr<HeartbeatReply> Coordinator::Impl::Heartbeat(
   HeartbeatReply reply;
   for (int64_t a : running_attempts) {
     auto owner = hb_lease_owner_.find(a);
-    if (owner == hb_lease_owner_.end() || owner->second != worker_id) {
+    int32_t rank = -1;
+    if (owner != hb_lease_owner_.end()) {
+      for (size_t r = 0; r < owner->second.size(); ++r) {
+        if (owner->second[r] == worker_id) rank = static_cast<int32_t>(r);
+      }
+    }
+    if (rank < 0) {
       reply.stop_attempts.push_back(a);
       continue;
     }
-    hb_renewed_[a] = now;
+    hb_renewed_[RankKey{a, rank}] = now;
   }
   return reply;
 }
@@ -1087,56 +1360,73 @@ absl::StatusOr<std::vector<TrialAssignment>> Coordinator::Impl::AcquireTrialsLoc
   }
   Worker& w = it->second;
   const int64_t now = clock_->NowNanos();
+  FoldHeartbeats();  // liveness of the workers a gang may use
   w.heard = true;
   w.last_heard_nanos = now;
-  // What the worker has free: GPUs (by position in caps.gpus) and CPU trial slots.
-  std::vector<bool> gpu_busy(w.caps.gpus.size(), false);
-  int32_t cpu_running = 0;
-  for (int64_t a : w.attempts) {
-    const Lease& lease = leases_.at(a);
-    if (lease.cpu) ++cpu_running;
-    for (int32_t g : lease.gpus) {
-      for (size_t i = 0; i < w.caps.gpus.size(); ++i) {
-        if (w.caps.gpus[i].index == g) gpu_busy[i] = true;
-      }
-    }
-  }
+  Capacity cap = CapacityOf(w);
   Op op;
   std::vector<TrialAssignment> out;
+  // First the ranks > 0 of gangs placed earlier that hold capacity here, not yet handed out.
+  for (int64_t a : w.attempts) {
+    if (static_cast<int32_t>(out.size()) >= max_trials) break;
+    Lease& lease = leases_.at(a);
+    const int32_t r = lease.RankOf(worker_id);
+    if (r <= 0) continue;
+    Hold& hold = lease.ranks[static_cast<size_t>(r)];
+    if (hold.delivered || hold.released) continue;
+    hold.delivered = true;
+    hold.renewed_nanos = now;
+    hold.renewed_unix_s = op.now_unix_s;
+    op.batch.attempt_rank_changes.push_back({a, r, "delivered"});
+    out.push_back(MakeAssignment(lease, r));
+  }
   while (static_cast<int32_t>(out.size()) < max_trials) {
-    // The oldest pending trial among the classes that fit.
+    // The oldest pending trial among the classes that fit; a gang fits when `nodes` - 1
+    // other alive workers can take a rank each now.
     int32_t best_class = -1;
     int32_t best_trial = 0;
+    std::vector<Worker*> best_followers;
     for (size_t k = 0; k < classes_.size(); ++k) {
       const RequirementClass& c = classes_[k];
       if (c.pending.empty()) continue;
       const int32_t head = *c.pending.begin();
       if (best_class >= 0 && head > best_trial) continue;
-      if (!Fits(w, c.requirements, gpu_busy, cpu_running)) continue;
+      if (!Fits(w, c.requirements, cap.gpu_busy, cap.cpu_running)) continue;
+      std::vector<Worker*> followers;
+      const int32_t nodes = std::max(1, c.requirements.nodes);
+      if (nodes > 1) {
+        followers = FindFollowers(worker_id, c.requirements, nodes - 1, now);
+        if (static_cast<int32_t>(followers.size()) < nodes - 1) continue;
+      }
       best_class = static_cast<int32_t>(k);
       best_trial = head;
+      best_followers = std::move(followers);
     }
     if (best_class < 0) break;
     const TrialRequirements& r = classes_[best_class].requirements;
     Lease lease;
     lease.attempt_id = next_attempt_id_++;
     lease.trial = best_trial;
-    lease.worker_id = worker_id;
-    lease.cpu = r.backend != "cuda";
-    lease.renewed_nanos = now;
-    lease.renewed_unix_s = op.now_unix_s;
-    if (lease.cpu) {
-      ++cpu_running;
-    } else {
-      for (size_t g = 0; g < w.caps.gpus.size() &&
-                         static_cast<int32_t>(lease.gpus.size()) < std::max(1, r.gpus);
-           ++g) {
-        if (gpu_busy[g] || w.caps.gpus[g].memory_bytes < r.gpu_memory_bytes) continue;
-        gpu_busy[g] = true;
-        lease.gpus.push_back(w.caps.gpus[g].index);
-      }
+    Hold driver;
+    driver.worker_id = worker_id;
+    driver.cpu = r.backend != "cuda";
+    driver.renewed_nanos = now;
+    driver.renewed_unix_s = op.now_unix_s;
+    driver.gpus = Take(w, r, &cap);
+    lease.ranks.push_back(std::move(driver));
+    for (Worker* f : best_followers) {
+      Capacity fcap = CapacityOf(*f);
+      Hold hold;
+      hold.worker_id = f->id;
+      hold.cpu = r.backend != "cuda";
+      hold.renewed_nanos = now;
+      hold.renewed_unix_s = op.now_unix_s;
+      hold.gpus = Take(*f, r, &fcap);
+      hold.delivered = false;
+      lease.ranks.push_back(std::move(hold));
     }
     Trial& t = trials_[best_trial];
+    if (lease.gang()) lease.gang_id = absl::StrCat(t.id, ".g", lease.attempt_id);
     t.current_attempt = lease.attempt_id;
     t.attempt_count++;
     t.requests_done = t.requests_total = 0;
@@ -1150,30 +1440,38 @@ absl::StatusOr<std::vector<TrialAssignment>> Coordinator::Impl::AcquireTrialsLoc
     row.trial_id = t.id;
     row.number = lease.number;
     row.worker_id = worker_id;
-    row.gpu_indices = lease.gpus;
+    row.gpu_indices = lease.ranks[0].gpus;
     row.state = "leased";
     row.lease_renewed_unix_s = op.now_unix_s;
     row.started_unix_s = op.now_unix_s;
+    row.gang_id = lease.gang_id;
+    row.world_size = static_cast<int32_t>(lease.ranks.size());
     op.batch.insert_attempts.push_back(std::move(row));
+    std::vector<std::string> where;
+    for (size_t k = 0; k < lease.ranks.size(); ++k) {
+      const Hold& h = lease.ranks[k];
+      if (k > 0) {
+        AttemptRankRow rank_row;
+        rank_row.attempt_id = lease.attempt_id;
+        rank_row.rank = static_cast<int32_t>(k);
+        rank_row.worker_id = h.worker_id;
+        rank_row.gpu_indices = h.gpus;
+        rank_row.state = "placed";
+        op.batch.insert_attempt_ranks.push_back(std::move(rank_row));
+      }
+      where.push_back(absl::StrCat(lease.gang() ? absl::StrCat("rank ", k, " on ") : "",
+                                   h.worker_id, h.gpus.empty() ? "" : " on GPUs ",
+                                   absl::StrJoin(h.gpus, ",")));
+    }
     const Experiment& e = experiments_[t.experiment];
     AddEvent(&op, e.id, t.id, lease.attempt_id, "lease",
-             absl::StrCat("attempt ", lease.number, " leased to ", worker_id,
-                          lease.gpus.empty() ? "" : " on GPUs ",
-                          absl::StrJoin(lease.gpus, ",")));
-    TrialAssignment a;
-    a.experiment_id = e.id;
-    a.trial_id = t.id;
-    a.attempt_id = lease.attempt_id;
-    a.attempt_number = lease.number;
-    a.gpu_indices = lease.gpus;
-    a.lease_seconds = options_.lease_seconds;
-    out.push_back(std::move(a));
-    w.attempts.insert(lease.attempt_id);
-    {
-      std::lock_guard<std::mutex> hb_lock(hb_mu_);
-      hb_lease_owner_[lease.attempt_id] = worker_id;
-    }
-    leases_.emplace(lease.attempt_id, std::move(lease));
+             absl::StrCat("attempt ", lease.number, " leased to ",
+                          lease.gang() ? absl::StrCat("a gang of ", lease.ranks.size(), " (",
+                                                      lease.gang_id, "): ")
+                                       : "",
+                          absl::StrJoin(where, ", ")));
+    out.push_back(MakeAssignment(lease, 0));
+    AddLease(std::move(lease));
   }
   if (out.empty()) return out;
   *ticket = Finish(&op);
@@ -1213,20 +1511,28 @@ absl::Status Coordinator::Impl::ReportProgressLocked(const std::string& worker_i
     // Progress that crossed its own attempt's result on the wire changes nothing and is
     // not an error: the worker must not take it for a lost lease.
     KVSCOPE_ASSIGN_OR_RETURN(std::optional<AttemptRow> row, store_->GetAttempt(attempt_id));
-    if (row && row->worker_id == worker_id && row->state == "succeeded") {
-      return absl::OkStatus();
+    if (row && row->state == "succeeded") {
+      if (row->worker_id == worker_id) return absl::OkStatus();
+      KVSCOPE_ASSIGN_OR_RETURN(std::vector<AttemptRankRow> ranks,
+                               store_->ListAttemptRanks(attempt_id));
+      for (const AttemptRankRow& r : ranks) {
+        if (r.worker_id == worker_id) return absl::OkStatus();
+      }
     }
     return StaleError(attempt_id);
   }
   Lease& lease = it->second;
-  if (lease.worker_id != worker_id) {
+  const int32_t rank = lease.RankOf(worker_id);
+  if (rank < 0) {
     return absl::FailedPreconditionError(absl::StrCat("stale attempt ", attempt_id,
-                                                      ": it is leased to ", lease.worker_id,
+                                                      ": it is leased to ", lease.worker_id(),
                                                       ", not to ", worker_id));
   }
   Op op;
-  lease.renewed_nanos = clock_->NowNanos();
-  lease.renewed_unix_s = op.now_unix_s;
+  Hold& hold = lease.ranks[static_cast<size_t>(rank)];
+  hold.renewed_nanos = clock_->NowNanos();
+  hold.renewed_unix_s = op.now_unix_s;
+  if (rank > 0) return absl::OkStatus();  // renews the rank; rank 0's numbers are the trial's
   Trial& t = trials_[lease.trial];
   t.requests_done = requests_done;
   t.requests_total = requests_total;
@@ -1262,14 +1568,20 @@ absl::Status Coordinator::Impl::RetryOrFail(const Lease& lease, const std::strin
   a.id = lease.attempt_id;
   a.state = attempt_state;
   a.error = reason;
-  a.lease_renewed_unix_s = lease.renewed_unix_s;
+  a.lease_renewed_unix_s = lease.ranks[0].renewed_unix_s;
   a.finished_unix_s = op->now_unix_s;
   op->batch.attempt_changes.push_back(a);
+  std::string where = lease.worker_id();
+  if (lease.gang()) {
+    std::vector<std::string> workers;
+    for (const Hold& h : lease.ranks) workers.push_back(h.worker_id);
+    where = absl::StrCat("gang ", lease.gang_id, " (", absl::StrJoin(workers, ","), ")");
+  }
   t.progress_dirty = false;
   if (t.attempt_count < t.max_attempts) {
     SetTrialState(lease.trial, TrialState::kPending, op);
     AddEvent(op, e.id, t.id, lease.attempt_id, attempt_state == "expired" ? "expiry" : "failure",
-             absl::StrCat("attempt ", lease.number, " on ", lease.worker_id, " ", attempt_state,
+             absl::StrCat("attempt ", lease.number, " on ", where, " ", attempt_state,
                           ": ", reason, "; the trial is pending again (", t.attempt_count, " of ",
                           t.max_attempts, " attempts used)"));
   } else {
@@ -1281,7 +1593,7 @@ absl::Status Coordinator::Impl::RetryOrFail(const Lease& lease, const std::strin
       reasons.push_back(absl::StrCat("attempt ", r.number, " on ", r.worker_id, " ", r.state,
                                      ": ", r.error.empty() ? "(no reason given)" : r.error));
     }
-    reasons.push_back(absl::StrCat("attempt ", lease.number, " on ", lease.worker_id, " ",
+    reasons.push_back(absl::StrCat("attempt ", lease.number, " on ", where, " ",
                                    attempt_state, ": ", reason));
     t.error = absl::StrCat("failed after ", t.attempt_count, " attempts: ",
                            absl::StrJoin(reasons, "; "));
@@ -1312,18 +1624,63 @@ absl::Status Coordinator::Impl::ReportResultLocked(const std::string& worker_id,
       KVSCOPE_ASSIGN_OR_RETURN(std::optional<AttemptRow> row, store_->GetAttempt(attempt_id));
       if (row && row->state == "succeeded" && row->worker_id == worker_id) return absl::OkStatus();
     }
+    // A rank > 0 of a gang whose attempt is over (it succeeded, failed, expired or was
+    // cancelled): acknowledged, whatever it reports; the attempt's outcome stands.
+    KVSCOPE_ASSIGN_OR_RETURN(std::vector<AttemptRankRow> ranks,
+                             store_->ListAttemptRanks(attempt_id));
+    for (const AttemptRankRow& r : ranks) {
+      if (r.worker_id != worker_id) continue;
+      *ticket = LastTicket();
+      return absl::OkStatus();
+    }
     return StaleError(attempt_id);
   }
-  if (it->second.worker_id != worker_id) {
+  const int32_t rank = it->second.RankOf(worker_id);
+  if (rank < 0) {
     return absl::FailedPreconditionError(absl::StrCat("stale attempt ", attempt_id,
                                                       ": it is leased to ",
-                                                      it->second.worker_id, ", not to ",
+                                                      it->second.worker_id(), ", not to ",
                                                       worker_id));
   }
-  const Lease lease = it->second;
+  // Only a report that stores a result needs one.
+  if (rank == 0 && report.succeeded && !report.result.is_object()) {
+    return absl::InvalidArgumentError("a succeeded result must carry result_json, a JSON object");
+  }
   Op op;
+  if (rank > 0) {
+    Lease& gang = it->second;
+    Hold& hold = gang.ranks[static_cast<size_t>(rank)];
+    if (hold.released) {  // a retry of this rank's success
+      *ticket = LastTicket();
+      return absl::OkStatus();
+    }
+    if (report.succeeded) {
+      // The follower is done: its hold goes, the attempt waits for rank 0's result.
+      hold.released = true;
+      workers_[worker_id].attempts.erase(attempt_id);
+      {
+        std::lock_guard<std::mutex> hb_lock(hb_mu_);
+        auto owner = hb_lease_owner_.find(attempt_id);
+        if (owner != hb_lease_owner_.end()) owner->second[static_cast<size_t>(rank)].clear();
+        hb_renewed_.erase(RankKey{attempt_id, rank});
+      }
+      op.batch.attempt_rank_changes.push_back({attempt_id, rank, "released"});
+      const Trial& t = trials_[gang.trial];
+      AddEvent(&op, experiments_[t.experiment].id, t.id, attempt_id, "rank",
+               absl::StrCat("rank ", rank, " of attempt ", gang.number, " on ", worker_id,
+                            " finished; released"));
+      *ticket = Finish(&op);
+      return absl::OkStatus();
+    }
+  }
+  const Lease lease = it->second;
   Trial& t = trials_[lease.trial];
   const Experiment& e = experiments_[t.experiment];
+  if (!report.succeeded) {
+    std::string reason = report.error.empty() ? "failed (no reason given)" : report.error;
+    if (lease.gang()) reason = absl::StrCat("rank ", rank, " on ", worker_id, ": ", reason);
+    KVSCOPE_RETURN_IF_ERROR(RetryOrFail(lease, "failed", reason, &op));
+  }
   if (report.succeeded) {
     AttemptChange a;
     a.id = attempt_id;
@@ -1343,9 +1700,6 @@ absl::Status Coordinator::Impl::ReportResultLocked(const std::string& worker_id,
     op.batch.trial_changes.push_back(MakeTrialChange(t));
     AddEvent(&op, e.id, t.id, attempt_id, "result",
              absl::StrCat("attempt ", lease.number, " on ", worker_id, " succeeded"));
-  } else {
-    KVSCOPE_RETURN_IF_ERROR(RetryOrFail(
-        lease, "failed", report.error.empty() ? "failed (no reason given)" : report.error, &op));
   }
   if (report.succeeded) succeeded_attempts_.emplace(attempt_id, worker_id);
   ReleaseLease(attempt_id);
@@ -1359,21 +1713,283 @@ absl::Status Coordinator::Impl::ExpireLeasesLocked(int64_t* ticket) {
   const auto period = static_cast<int64_t>(options_.lease_seconds * 1e9);
   FoldHeartbeats();
   Op op;
-  std::vector<Lease> expired;
+  std::vector<std::pair<Lease, size_t>> expired;  // and the first rank that expired
   for (const auto& [id, lease] : leases_) {
-    if (now - lease.renewed_nanos >= period) expired.push_back(lease);
+    for (size_t r = 0; r < lease.ranks.size(); ++r) {
+      const Hold& h = lease.ranks[r];
+      if (h.released || now - h.renewed_nanos < period) continue;
+      expired.emplace_back(lease, r);
+      break;
+    }
   }
-  for (const Lease& lease : expired) {
-    const std::string reason =
+  for (const auto& [lease, r] : expired) {
+    const Hold& h = lease.ranks[r];
+    std::string reason =
         absl::StrCat("lease expired: not renewed for ",
-                     absl::StrFormat("%.1f", static_cast<double>(now - lease.renewed_nanos) * 1e-9),
+                     absl::StrFormat("%.1f", static_cast<double>(now - h.renewed_nanos) * 1e-9),
                      " s (lease period ", options_.lease_seconds, " s)");
+    if (lease.gang()) {
+      reason = absl::StrCat("the lease of rank ", r, " on ", h.worker_id, " expired: not renewed for ",
+                            absl::StrFormat("%.1f", static_cast<double>(now - h.renewed_nanos) * 1e-9),
+                            " s (lease period ", options_.lease_seconds, " s)",
+                            h.delivered ? "" : "; the worker never asked for it");
+    }
     KVSCOPE_RETURN_IF_ERROR(RetryOrFail(lease, "expired", reason, &op));
     ReleaseLease(lease.attempt_id);
   }
   FlushSoftState(&op);
   *ticket = Finish(&op);
   return absl::OkStatus();
+}
+
+// --- gang rendezvous ---
+
+absl::Status Coordinator::Impl::PublishRendezvous(const std::string& worker_id,
+                                                  int64_t attempt_id, const std::string& gang_id,
+                                                  const std::string& blob) {
+  if (blob.empty()) return absl::InvalidArgumentError("the rendezvous blob is empty");
+  if (blob.size() > kMaxRendezvousBlobBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("the rendezvous blob has ", blob.size(),
+                                                   " bytes; at most ", kMaxRendezvousBlobBytes,
+                                                   " are accepted"));
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  KVSCOPE_RETURN_IF_ERROR(CheckUsable());
+  if (workers_.count(worker_id) == 0) {
+    return absl::NotFoundError(absl::StrCat("unknown worker ", worker_id, "; register again"));
+  }
+  auto it = leases_.find(attempt_id);
+  if (it == leases_.end()) return StaleError(attempt_id);
+  const Lease& lease = it->second;
+  if (!lease.gang()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("attempt ", attempt_id, " is not a gang; it has no rendezvous"));
+  }
+  if (gang_id != lease.gang_id) {
+    return absl::FailedPreconditionError(absl::StrCat("stale gang ", gang_id, ": attempt ",
+                                                      attempt_id, " is gang ", lease.gang_id));
+  }
+  if (lease.worker_id() != worker_id) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("only rank 0 of gang ", gang_id, " (worker ", lease.worker_id(),
+                     ") publishes its rendezvous, not ", worker_id));
+  }
+  auto [published, fresh] = rendezvous_.emplace(attempt_id, blob);
+  if (!fresh) {
+    if (published->second == blob) return absl::OkStatus();  // a retry
+    return absl::FailedPreconditionError(absl::StrCat(
+        "gang ", gang_id, " already has a different rendezvous blob; a rank 0 publishes once"));
+  }
+  Rendezvous rv;
+  rv.blob = blob;
+  rv.world_size = static_cast<int32_t>(lease.ranks.size());
+  bool woke = false;
+  for (auto w = rv_waiters_.begin(); w != rv_waiters_.end();) {
+    if (w->second.attempt_id != attempt_id) {
+      ++w;
+      continue;
+    }
+    rv_due_.emplace_back(std::move(w->second.done), rv);
+    w = rv_waiters_.erase(w);
+    woke = true;
+  }
+  if (woke) rv_cv_.notify_all();
+  return absl::OkStatus();
+}
+
+bool Coordinator::Impl::RendezvousLost(const Lease& lease) const {
+  if (!lease.recovered || rendezvous_.count(lease.attempt_id) != 0) return false;
+  const auto wait = static_cast<int64_t>(options_.rendezvous_wait_seconds * 1e9);
+  return clock_->NowNanos() - lease.recovered_nanos >= wait;
+}
+
+absl::Status Coordinator::Impl::EndLostRendezvousLocked(int64_t attempt_id, int64_t* ticket) {
+  KVSCOPE_RETURN_IF_ERROR(CheckUsable());
+  const Lease lease = leases_.at(attempt_id);
+  Op op;
+  KVSCOPE_RETURN_IF_ERROR(RetryOrFail(
+      lease, "failed",
+      absl::StrCat("the rendezvous of gang ", lease.gang_id,
+                   " was lost when the coordinator restarted (rank 0 did not publish it again "
+                   "within ",
+                   options_.rendezvous_wait_seconds, " s)"),
+      &op));
+  ReleaseLease(attempt_id);
+  *ticket = Finish(&op);
+  return absl::AbortedError(absl::StrCat(
+      "gang attempt ", attempt_id, " ended: its rendezvous was lost when the coordinator "
+      "restarted; stop this rank (the trial is retried)"));
+}
+
+absl::StatusOr<std::optional<Rendezvous>> Coordinator::Impl::AwaitCheckLocked(
+    const std::string& worker_id, int64_t attempt_id, const std::string& gang_id, int32_t rank,
+    int64_t* ticket) {
+  KVSCOPE_RETURN_IF_ERROR(CheckUsable());
+  if (workers_.count(worker_id) == 0) {
+    return absl::NotFoundError(absl::StrCat("unknown worker ", worker_id, "; register again"));
+  }
+  auto it = leases_.find(attempt_id);
+  if (it == leases_.end()) {
+    KVSCOPE_ASSIGN_OR_RETURN(std::optional<AttemptRow> row, store_->GetAttempt(attempt_id));
+    if (!row) return absl::NotFoundError(absl::StrCat("unknown attempt ", attempt_id));
+    // Its end may still be queued: answer once everything queued is durable.
+    *ticket = LastTicket();
+    return absl::AbortedError(absl::StrCat(
+        "attempt ", attempt_id, " (number ", row->number, " of trial ", row->trial_id,
+        ") has ended: it is ", row->state, row->error.empty() ? "" : " (" + row->error + ")",
+        "; stop this rank"));
+  }
+  const Lease& lease = it->second;
+  if (!lease.gang()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("attempt ", attempt_id, " is not a gang; it has no rendezvous"));
+  }
+  if (gang_id != lease.gang_id) {
+    return absl::FailedPreconditionError(absl::StrCat("stale gang ", gang_id, ": attempt ",
+                                                      attempt_id, " is gang ", lease.gang_id));
+  }
+  if (rank < 0 || static_cast<size_t>(rank) >= lease.ranks.size() ||
+      lease.ranks[static_cast<size_t>(rank)].worker_id != worker_id) {
+    return absl::FailedPreconditionError(absl::StrCat("worker ", worker_id, " is not rank ", rank,
+                                                      " of gang ", gang_id));
+  }
+  auto published = rendezvous_.find(attempt_id);
+  if (published != rendezvous_.end()) {
+    Rendezvous rv;
+    rv.blob = published->second;
+    rv.world_size = static_cast<int32_t>(lease.ranks.size());
+    return std::optional<Rendezvous>(std::move(rv));
+  }
+  if (RendezvousLost(lease)) return EndLostRendezvousLocked(attempt_id, ticket);
+  return std::optional<Rendezvous>();
+}
+
+int64_t Coordinator::Impl::AwaitRendezvousAsync(const std::string& worker_id, int64_t attempt_id,
+                                                const std::string& gang_id, int32_t rank,
+                                                double timeout_seconds,
+                                                Callback<absl::StatusOr<Rendezvous>> done) {
+  int64_t ticket = 0;
+  absl::StatusOr<std::optional<Rendezvous>> now;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    now = AwaitCheckLocked(worker_id, attempt_id, gang_id, rank, &ticket);
+    const double wait = std::min(timeout_seconds, options_.rendezvous_wait_seconds);
+    if (now.ok() && !now->has_value() && wait > 0 && !stop_rv_) {
+      const int64_t handle = next_rv_handle_++;
+      RendezvousWaiter waiter;
+      waiter.attempt_id = attempt_id;
+      waiter.deadline = std::chrono::steady_clock::now() +
+                        std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                            std::chrono::duration<double>(wait));
+      waiter.done = std::move(done);
+      rv_waiters_.emplace(handle, std::move(waiter));
+      rv_cv_.notify_all();
+      return handle;
+    }
+  }
+  if (ticket != 0) {  // the attempt ended (maybe by this call): answer once that is durable
+    WhenDurable(ticket, [outcome = now.status(), done = std::move(done)](absl::Status s) {
+      done(s.ok() ? outcome : s);
+    });
+    return 0;
+  }
+  if (!now.ok()) {
+    done(now.status());
+  } else if (now->has_value()) {
+    done(**std::move(now));
+  } else {
+    done(absl::DeadlineExceededError(absl::StrCat(
+        "rank 0 has not published the rendezvous of gang ", gang_id, " yet; ask again")));
+  }
+  return 0;
+}
+
+void Coordinator::Impl::CancelAwait(int64_t handle) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto w = rv_waiters_.find(handle);
+  if (w == rv_waiters_.end()) return;
+  rv_due_.emplace_back(std::move(w->second.done),
+                       absl::CancelledError("the wait for the rendezvous was cancelled"));
+  rv_waiters_.erase(w);
+  rv_cv_.notify_all();
+}
+
+absl::StatusOr<Rendezvous> Coordinator::Impl::AwaitRendezvous(const std::string& worker_id,
+                                                               int64_t attempt_id,
+                                                               const std::string& gang_id,
+                                                               int32_t rank,
+                                                               double timeout_seconds) {
+  std::mutex m;
+  std::condition_variable cv;
+  std::optional<absl::StatusOr<Rendezvous>> result;
+  AwaitRendezvousAsync(worker_id, attempt_id, gang_id, rank, timeout_seconds,
+                       [&](absl::StatusOr<Rendezvous> r) {
+                         std::lock_guard<std::mutex> lock(m);  // notify under the lock: the
+                         result = std::move(r);                // waiter owns m and cv
+                         cv.notify_all();
+                       });
+  // Bounded: the rendezvous thread answers every waiter by its deadline.
+  std::unique_lock<std::mutex> lock(m);
+  cv.wait(lock, [&] { return result.has_value(); });
+  return *std::move(result);
+}
+
+void Coordinator::Impl::RendezvousLoop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  for (;;) {
+    const auto now = std::chrono::steady_clock::now();
+    std::vector<int64_t> timed_out;
+    for (const auto& [handle, w] : rv_waiters_) {
+      if (stop_rv_ || w.deadline <= now) timed_out.push_back(handle);
+    }
+    // Waiters whose call ended a gang: (ticket, answer, done), answered once durable.
+    std::vector<std::tuple<int64_t, absl::Status, Callback<absl::StatusOr<Rendezvous>>>>
+        after_commit;
+    for (int64_t handle : timed_out) {
+      auto w = rv_waiters_.find(handle);
+      if (w == rv_waiters_.end()) continue;  // answered meanwhile (its gang ended)
+      RendezvousWaiter waiter = std::move(w->second);
+      rv_waiters_.erase(w);
+      if (stop_rv_) {
+        rv_due_.emplace_back(std::move(waiter.done),
+                             absl::UnavailableError("the coordinator is shutting down; ask again"));
+        continue;
+      }
+      auto lease = leases_.find(waiter.attempt_id);
+      if (lease != leases_.end() && RendezvousLost(lease->second)) {
+        int64_t ticket = 0;
+        absl::Status ended = EndLostRendezvousLocked(waiter.attempt_id, &ticket);
+        after_commit.emplace_back(ticket, std::move(ended), std::move(waiter.done));
+        continue;
+      }
+      const std::string gang = lease != leases_.end() ? lease->second.gang_id : std::string();
+      rv_due_.emplace_back(std::move(waiter.done),
+                           absl::DeadlineExceededError(absl::StrCat(
+                               "rank 0 has not published the rendezvous of gang ", gang,
+                               " yet; ask again")));
+    }
+    if (!rv_due_.empty() || !after_commit.empty()) {
+      auto due = std::move(rv_due_);
+      rv_due_.clear();
+      lock.unlock();
+      for (auto& [done, outcome] : due) done(std::move(outcome));
+      for (auto& [ticket, ended, done] : after_commit) {
+        WhenDurable(ticket, [outcome = ended, done = std::move(done)](absl::Status s) {
+          done(s.ok() ? outcome : s);
+        });
+      }
+      lock.lock();
+      continue;
+    }
+    if (stop_rv_) return;
+    if (rv_waiters_.empty()) {
+      rv_cv_.wait(lock);
+    } else {
+      auto earliest = rv_waiters_.begin()->second.deadline;
+      for (const auto& [handle, w] : rv_waiters_) earliest = std::min(earliest, w.deadline);
+      rv_cv_.wait_until(lock, earliest);
+    }
+  }
 }
 
 // --- locking and durability around the *Locked methods ---
@@ -1654,6 +2270,25 @@ void Coordinator::ReportResultAndAcquireAsync(
 void Coordinator::CancelAsync(const std::string& experiment_id, Callback<absl::Status> done) {
   impl_->CancelAsync(experiment_id, std::move(done));
 }
+absl::Status Coordinator::PublishRendezvous(const std::string& worker_id, int64_t attempt_id,
+                                            const std::string& gang_id,
+                                            const std::string& blob) {
+  return impl_->PublishRendezvous(worker_id, attempt_id, gang_id, blob);
+}
+absl::StatusOr<Rendezvous> Coordinator::AwaitRendezvous(const std::string& worker_id,
+                                                        int64_t attempt_id,
+                                                        const std::string& gang_id, int32_t rank,
+                                                        double timeout_seconds) {
+  return impl_->AwaitRendezvous(worker_id, attempt_id, gang_id, rank, timeout_seconds);
+}
+int64_t Coordinator::AwaitRendezvousAsync(const std::string& worker_id, int64_t attempt_id,
+                                          const std::string& gang_id, int32_t rank,
+                                          double timeout_seconds,
+                                          Callback<absl::StatusOr<Rendezvous>> done) {
+  return impl_->AwaitRendezvousAsync(worker_id, attempt_id, gang_id, rank, timeout_seconds,
+                                     std::move(done));
+}
+void Coordinator::CancelAwait(int64_t handle) { impl_->CancelAwait(handle); }
 absl::Status Coordinator::ExpireLeases() { return impl_->ExpireLeases(); }
 const CoordinatorOptions& Coordinator::options() const { return impl_->options(); }
 

@@ -26,6 +26,20 @@
 // through a callback, which the coordinator's commit thread runs once the change is
 // committed, so that no thread waits per call.
 //
+// Gangs (docs/cluster.md, "Multi-node trials"): a trial whose requirements have nodes > 1
+// runs as one attempt over `nodes` ranks on distinct workers. Placement is all-or-nothing
+// in one store transaction: the worker calling AcquireTrials takes rank 0 and ranks
+// 1..n-1 are leased at once to other alive workers that have the capacity now (a rank
+// holds a CPU slot, or `gpus` GPUs, exactly like an ordinary trial); those ranks are handed
+// out in their workers' next AcquireTrials / ReportResultAndAcquire replies, before any new
+// placement. Each rank's lease is renewed by its own worker (heartbeats, progress). Any
+// rank's lease expiring or any rank reporting failure ends the whole attempt (the other
+// ranks find it in stop_attempts; the trial is retried with a new attempt and gang_id as
+// usual). Rank 0 reports the result; a rank > 0 reporting success only releases its own
+// hold, and its reports after the attempt ended are acknowledged. The rendezvous blob
+// (PublishRendezvous / AwaitRendezvous) lives in memory only; see AwaitRendezvous for what
+// a restart does to a gang in flight.
+//
 // Thread safety: every method may be called from any thread.
 #ifndef KVSCOPE_COORDINATOR_COORDINATOR_H_
 #define KVSCOPE_COORDINATOR_COORDINATOR_H_
@@ -88,20 +102,39 @@ struct WorkerInfo {
   std::vector<std::string> running_trials;  // trial ids
 };
 
+// One rank's place in a gang attempt.
+struct GangPlacement {
+  std::string gang_id;                // unique per attempt; names the rendezvous
+  int32_t rank = 0;                   // 0 .. world_size-1; rank 0 publishes the rendezvous
+  int32_t world_size = 0;             // = the trial's nodes
+  std::vector<std::string> worker_ids;  // the worker of every rank, in rank order
+  int32_t gpus_per_rank = 0;          // GPUs each rank holds on its worker; 0 for cpu
+};
+
 struct TrialAssignment {
   std::string experiment_id;
   std::string trial_id;
   int64_t attempt_id = 0;     // fencing token; unique across the store
   int32_t attempt_number = 1; // 1-based
   std::string config_yaml;    // TrialSpec::config_yaml
-  std::vector<int32_t> gpu_indices;  // GPUs of this worker reserved for the trial
+  std::vector<int32_t> gpu_indices;  // GPUs of this worker reserved for the trial (rank)
   double lease_seconds = 0;
+  std::optional<GangPlacement> gang;  // set for every rank of a gang attempt
 };
+
+// What AwaitRendezvous returns: the blob rank 0 published, and the gang's size.
+struct Rendezvous {
+  std::string blob;
+  int32_t world_size = 0;
+};
+
+// Longest rendezvous blob PublishRendezvous accepts.
+inline constexpr size_t kMaxRendezvousBlobBytes = 256;
 
 struct AttemptInfo {
   int64_t attempt_id = 0;
   int32_t number = 1;
-  std::string worker_id;
+  std::string worker_id;  // rank 0's worker for a gang
   std::string state;   // "leased", "running", "succeeded", "failed", "expired", "cancelled"
   std::string error;   // why it failed or expired
   double started_unix_s = 0, finished_unix_s = 0;
@@ -159,6 +192,10 @@ struct CoordinatorOptions {
   // the CPU is saturated the threads that answer heartbeats win it over the bulk work of
   // committing and finishing calls (docs/benchmarks.md, "Coordinator throughput").
   int32_t commit_thread_nice = 5;
+  // Longest one AwaitRendezvous call waits (real time) before DeadlineExceeded; also how
+  // long (on the clock) after a restart a gang attempt found open may go without its
+  // rendezvous being published again before an AwaitRendezvous ends it.
+  double rendezvous_wait_seconds = 10;
 };
 
 // Adds `increment` to the calling thread's nice value (Linux: per thread). Best effort:
@@ -223,6 +260,32 @@ class Coordinator {
       const std::string& worker_id, int64_t attempt_id, const ResultReport& report,
       int32_t max_next_trials);
 
+  // --- gang rendezvous ---
+  // Rank 0 of gang attempt `attempt_id` (its worker, `worker_id`) publishes the blob the
+  // other ranks need to join (opaque to the coordinator; e.g. "tcp://host:port/token").
+  // InvalidArgument for an empty blob or one over kMaxRendezvousBlobBytes;
+  // FailedPrecondition, like reports, for an attempt that is not open (stale), not a gang,
+  // `gang_id` other than the attempt's, a worker other than rank 0's, or a blob other than
+  // the one already published. Publishing the same blob again is acknowledged. Kept in
+  // memory only (a restart forgets it).
+  absl::Status PublishRendezvous(const std::string& worker_id, int64_t attempt_id,
+                                 const std::string& gang_id, const std::string& blob);
+  // Rank `rank` of the gang (its worker, `worker_id`) waits for rank 0's blob: returns at
+  // once when it is published, else blocks until it is, the attempt ends, or
+  // min(timeout_seconds, rendezvous_wait_seconds) of real time pass (DeadlineExceeded: ask
+  // again). Aborted when the attempt ended (before or during the wait: stop the rank);
+  // FailedPrecondition for a `gang_id`, rank or worker that is not this attempt's;
+  // NotFound for an unknown attempt or worker.
+  // After a coordinator restart the blobs are gone. A gang attempt found open at start
+  // keeps its leases (ranks that joined run on: the rendezvous is only needed to start),
+  // and rank 0 may publish again; but once rendezvous_wait_seconds have passed on the
+  // clock since the start with nothing published, a call for that attempt ends it
+  // ("failed": its rendezvous was lost in a coordinator restart; retried per max_attempts)
+  // and answers Aborted.
+  absl::StatusOr<Rendezvous> AwaitRendezvous(const std::string& worker_id, int64_t attempt_id,
+                                             const std::string& gang_id, int32_t rank,
+                                             double timeout_seconds);
+
   // --- asynchronous forms of the mutating worker and client calls ---
   // Each does what the synchronous method of the same name does and calls `done` exactly
   // once with the same outcome: on the calling thread when no commit is needed (a refusal,
@@ -245,6 +308,17 @@ class Coordinator {
                                    const ResultReport& report, int32_t max_next_trials,
                                    Callback<absl::StatusOr<std::vector<TrialAssignment>>> done);
   void CancelAsync(const std::string& experiment_id, Callback<absl::Status> done);
+  // AwaitRendezvous without blocking: `done` runs once, on this thread when the outcome is
+  // known at once, else on the coordinator's rendezvous thread (publish, timeout, cancel)
+  // or, for the end of the attempt (Aborted), on the thread that commits that end, once it
+  // is durable (a failed commit answers its error instead). Returns a handle for
+  // CancelAwait, 0 when `done` already ran.
+  int64_t AwaitRendezvousAsync(const std::string& worker_id, int64_t attempt_id,
+                               const std::string& gang_id, int32_t rank,
+                               double timeout_seconds, Callback<absl::StatusOr<Rendezvous>> done);
+  // Ends a wait of AwaitRendezvousAsync early (its `done` gets Cancelled, on the rendezvous
+  // thread); nothing when it already finished. For a gRPC call the client cancelled.
+  void CancelAwait(int64_t handle);
 
   // Expires leases whose renewal is older than lease_seconds on the clock. The daemon
   // calls it every second; tests call it after advancing a FakeClock.

@@ -176,6 +176,25 @@ void ToProto(const TrialAssignment& in, v1::TrialAssignment* out) {
   out->set_config_yaml(in.config_yaml);
   for (int32_t g : in.gpu_indices) out->add_gpu_indices(g);
   out->set_lease_seconds(in.lease_seconds);
+  if (in.gang) ToProto(*in.gang, out->mutable_gang());
+}
+
+void ToProto(const GangPlacement& in, v1::GangPlacement* out) {
+  out->set_gang_id(in.gang_id);
+  out->set_rank(in.rank);
+  out->set_world_size(in.world_size);
+  for (const std::string& w : in.worker_ids) out->add_worker_ids(w);
+  out->set_gpus_per_rank(in.gpus_per_rank);
+}
+
+GangPlacement FromProto(const v1::GangPlacement& in) {
+  GangPlacement out;
+  out.gang_id = in.gang_id();
+  out.rank = in.rank();
+  out.world_size = in.world_size();
+  out.worker_ids.assign(in.worker_ids().begin(), in.worker_ids().end());
+  out.gpus_per_rank = in.gpus_per_rank();
+  return out;
 }
 
 TrialAssignment FromProto(const v1::TrialAssignment& in) {
@@ -187,6 +206,7 @@ TrialAssignment FromProto(const v1::TrialAssignment& in) {
   out.config_yaml = in.config_yaml();
   out.gpu_indices.assign(in.gpu_indices().begin(), in.gpu_indices().end());
   out.lease_seconds = in.lease_seconds();
+  if (in.has_gang()) out.gang = FromProto(in.gang());
   return out;
 }
 

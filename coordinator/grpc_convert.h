@@ -39,6 +39,9 @@ void ToProto(const WorkerCapabilities& in, v1::WorkerCapabilities* out);
 absl::StatusOr<WorkerCapabilities> FromProto(const v1::WorkerCapabilities& in);
 void ToProto(const WorkerInfo& in, v1::WorkerInfo* out);
 absl::StatusOr<WorkerInfo> FromProto(const v1::WorkerInfo& in);
+void ToProto(const GangPlacement& in, v1::GangPlacement* out);
+GangPlacement FromProto(const v1::GangPlacement& in);
+// `gang` travels as the message's presence: unset for an ordinary assignment.
 void ToProto(const TrialAssignment& in, v1::TrialAssignment* out);
 TrialAssignment FromProto(const v1::TrialAssignment& in);
 void ToProto(const AttemptInfo& in, v1::AttemptInfo* out);

@@ -1,5 +1,9 @@
 #include "coordinator/grpc_services.h"
 
+#include <algorithm>
+#include <chrono>
+#include <mutex>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -354,12 +358,14 @@ void WorkerServiceImpl::HandleReportResult(const grpc::ServerContextBase& contex
   report.error = request->error();
   absl::StatusOr<nlohmann::json> result = ParseJsonField(request->result_json(), "result_json");
   KVSCOPE_GRPC_DONE_IF_ERROR(result.status(), done);
-  if (report.succeeded && !result->is_object()) {
+  if (report.succeeded && !request->result_json().empty() && !result->is_object()) {
     return done(ToGrpcStatus(absl::InvalidArgumentError(
         "a succeeded result must carry result_json, a JSON object")));
   }
   report.result = *std::move(result);
   report.requests_jsonl = request->requests_jsonl();
+  // (A success without result_json is a gang's rank > 0 releasing its rank; the
+  // Coordinator refuses it for a report that must store a result.)
   coordinator_->ReportResultAndAcquireAsync(
       request->worker_id(), request->attempt_id(), report, request->max_next_trials(),
       [response, done = std::move(done)](absl::StatusOr<std::vector<TrialAssignment>> next) {
@@ -367,6 +373,113 @@ void WorkerServiceImpl::HandleReportResult(const grpc::ServerContextBase& contex
         for (const TrialAssignment& a : *next) ToProto(a, response->add_next_assignments());
         done(grpc::Status::OK);
       });
+}
+
+}  // namespace kvscope::coordinator
+
+namespace kvscope::coordinator {
+
+// ----- gang rendezvous -----
+
+grpc::ServerUnaryReactor* WorkerServiceImpl::PublishRendezvous(
+    grpc::CallbackServerContext* context, const v1::PublishRendezvousRequest* request,
+    v1::PublishRendezvousResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  work_.Post([this, context, request, reactor] {
+    reactor->Finish(HandlePublishRendezvous(*context, request));
+  });
+  return reactor;
+}
+
+grpc::Status WorkerServiceImpl::HandlePublishRendezvous(
+    const grpc::ServerContextBase& context, const v1::PublishRendezvousRequest* request) {
+  KVSCOPE_GRPC_RETURN_IF_ERROR(auth_->Check(TokenKind::kWorker, context));
+  KVSCOPE_GRPC_RETURN_IF_ERROR(CheckId(request->worker_id(), "worker_id"));
+  KVSCOPE_GRPC_RETURN_IF_ERROR(CheckId(request->gang_id(), "gang_id"));
+  return ToGrpcStatus(coordinator_->PublishRendezvous(request->worker_id(),
+                                                      request->attempt_id(), request->gang_id(),
+                                                      request->nccl_unique_id()));
+}
+
+namespace {
+
+// An AwaitRendezvous call: finished by the Coordinator's answer; a cancelled call (client
+// gone, deadline passed, server shutting down) cancels the Coordinator's wait so that the
+// answer, and the end of the call, come at once.
+class AwaitReactor final : public grpc::ServerUnaryReactor {
+ public:
+  explicit AwaitReactor(Coordinator* coordinator) : coordinator_(coordinator) {}
+  // Starts the wait; called once, before the reactor is returned to gRPC. An answer that
+  // comes before Start is done is held until then, so that nothing touches the reactor
+  // after Finish (it may be deleted by OnDone any time after).
+  void Start(const v1::AwaitRendezvousRequest& request, double timeout_seconds,
+             v1::AwaitRendezvousResponse* response) {
+    const int64_t handle = coordinator_->AwaitRendezvousAsync(
+        request.worker_id(), request.attempt_id(), request.gang_id(), request.rank(),
+        timeout_seconds, [this, response](absl::StatusOr<Rendezvous> rv) {
+          grpc::Status status = grpc::Status::OK;
+          if (rv.ok()) {
+            response->set_nccl_unique_id(rv->blob);
+            response->set_world_size(rv->world_size);
+          } else {
+            status = ToGrpcStatus(rv.status());
+          }
+          {
+            std::lock_guard<std::mutex> lock(mu_);
+            if (!started_) {
+              early_ = std::move(status);
+              return;
+            }
+          }
+          Finish(std::move(status));
+        });
+    std::optional<grpc::Status> early;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      handle_ = handle;
+      started_ = true;
+      early.swap(early_);
+    }
+    if (early) Finish(*std::move(early));
+  }
+  void OnCancel() override {
+    int64_t handle = 0;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      handle = handle_;
+    }
+    if (handle != 0) coordinator_->CancelAwait(handle);
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  Coordinator* const coordinator_;
+  std::mutex mu_;
+  int64_t handle_ = 0;  // Coordinator::CancelAwait's handle; 0 = answered at once
+  bool started_ = false;
+  std::optional<grpc::Status> early_;  // an answer that came before Start returned
+};
+
+}  // namespace
+
+grpc::ServerUnaryReactor* WorkerServiceImpl::AwaitRendezvous(
+    grpc::CallbackServerContext* context, const v1::AwaitRendezvousRequest* request,
+    v1::AwaitRendezvousResponse* response) {
+  absl::Status refused = auth_->Check(TokenKind::kWorker, *context);
+  if (refused.ok()) refused = CheckId(request->worker_id(), "worker_id");
+  if (refused.ok()) refused = CheckId(request->gang_id(), "gang_id");
+  if (!refused.ok()) {
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    reactor->Finish(ToGrpcStatus(refused));
+    return reactor;
+  }
+  // What is left of the call's deadline (infinite when the client set none).
+  const double timeout_seconds = std::max(
+      0.0, std::chrono::duration<double>(context->deadline() - std::chrono::system_clock::now())
+               .count());
+  auto* reactor = new AwaitReactor(coordinator_);
+  reactor->Start(*request, timeout_seconds, response);
+  return reactor;
 }
 
 }  // namespace kvscope::coordinator

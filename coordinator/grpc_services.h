@@ -126,7 +126,17 @@ class WorkerServiceImpl final : public v1::WorkerService::CallbackService {
   grpc::ServerUnaryReactor* ReportResult(grpc::CallbackServerContext* context,
                                          const v1::ReportResultRequest* request,
                                          v1::ReportResultResponse* response) override;
-  // PublishRendezvous / AwaitRendezvous: not overridden, so UNIMPLEMENTED (design only).
+  // Posted to the work thread like the calls that change trials (it takes the
+  // Coordinator's lock; nothing to commit).
+  grpc::ServerUnaryReactor* PublishRendezvous(grpc::CallbackServerContext* context,
+                                              const v1::PublishRendezvousRequest* request,
+                                              v1::PublishRendezvousResponse* response) override;
+  // Waits without holding a thread (Coordinator::AwaitRendezvousAsync) for at most
+  // min(the call's deadline, CoordinatorOptions::rendezvous_wait_seconds); a call the
+  // client cancels (or a server shutdown) ends the wait at once.
+  grpc::ServerUnaryReactor* AwaitRendezvous(grpc::CallbackServerContext* context,
+                                            const v1::AwaitRendezvousRequest* request,
+                                            v1::AwaitRendezvousResponse* response) override;
 
   // The handlers' work, for callers that serve WorkerService some other way (the
   // benchmark's gated variant). Each fills `response` and calls `done` exactly once with the
@@ -147,6 +157,8 @@ class WorkerServiceImpl final : public v1::WorkerService::CallbackService {
   void HandleReportResult(const grpc::ServerContextBase& context,
                           const v1::ReportResultRequest* request,
                           v1::ReportResultResponse* response, Done done);
+  grpc::Status HandlePublishRendezvous(const grpc::ServerContextBase& context,
+                                       const v1::PublishRendezvousRequest* request);
 
  private:
   Coordinator* coordinator_;

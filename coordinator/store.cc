@@ -34,7 +34,8 @@ nlohmann::json ParseJsonOr(const std::string& text, nlohmann::json fallback) {
 
 bool StoreBatch::empty() const {
   return upsert_workers.empty() && worker_heartbeats.empty() && insert_attempts.empty() &&
-         attempt_changes.empty() && trial_changes.empty() && results.empty() &&
+         insert_attempt_ranks.empty() && attempt_changes.empty() &&
+         attempt_rank_changes.empty() && trial_changes.empty() && results.empty() &&
          experiment_changes.empty() && events.empty();
 }
 
@@ -48,7 +49,9 @@ void StoreBatch::Append(StoreBatch&& later) {
   move_all(upsert_workers, later.upsert_workers);
   move_all(worker_heartbeats, later.worker_heartbeats);
   move_all(insert_attempts, later.insert_attempts);
+  move_all(insert_attempt_ranks, later.insert_attempt_ranks);
   move_all(attempt_changes, later.attempt_changes);
+  move_all(attempt_rank_changes, later.attempt_rank_changes);
   move_all(trial_changes, later.trial_changes);
   move_all(results, later.results);
   move_all(experiment_changes, later.experiment_changes);
@@ -394,12 +397,23 @@ absl::Status Store::ApplyLocked(const StoreBatch& batch) {
     KVSCOPE_ASSIGN_OR_RETURN(
         sqlite3_stmt * raw,
         Prepare("INSERT INTO attempts (id, trial_id, number, worker_id, gpu_indices, state, "
-                "error, lease_renewed_unix_s, started_unix_s, finished_unix_s) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"));
+                "error, lease_renewed_unix_s, started_unix_s, finished_unix_s, gang_id, "
+                "world_size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"));
     Statement stmt(this, raw);
     stmt.Bind(a.id).Bind(a.trial_id).Bind(a.number).Bind(a.worker_id)
         .Bind(GpusToJson(a.gpu_indices)).Bind(a.state).Bind(a.error)
-        .Bind(a.lease_renewed_unix_s).Bind(a.started_unix_s).Bind(a.finished_unix_s);
+        .Bind(a.lease_renewed_unix_s).Bind(a.started_unix_s).Bind(a.finished_unix_s)
+        .Bind(a.gang_id).Bind(a.world_size);
+    KVSCOPE_RETURN_IF_ERROR(stmt.Run().status());
+  }
+  for (const AttemptRankRow& r : batch.insert_attempt_ranks) {
+    KVSCOPE_ASSIGN_OR_RETURN(
+        sqlite3_stmt * raw,
+        Prepare("INSERT INTO attempt_ranks (attempt_id, rank, worker_id, gpu_indices, state) "
+                "VALUES (?, ?, ?, ?, ?)"));
+    Statement stmt(this, raw);
+    stmt.Bind(r.attempt_id).Bind(r.rank).Bind(r.worker_id).Bind(GpusToJson(r.gpu_indices))
+        .Bind(r.state);
     KVSCOPE_RETURN_IF_ERROR(stmt.Run().status());
   }
   for (const AttemptChange& a : batch.attempt_changes) {
@@ -411,6 +425,15 @@ absl::Status Store::ApplyLocked(const StoreBatch& batch) {
     stmt.Bind(a.state).Bind(a.error).Bind(a.lease_renewed_unix_s).Bind(a.finished_unix_s)
         .Bind(a.id);
     KVSCOPE_RETURN_IF_ERROR(stmt.RunOne(absl::StrCat("update of attempt ", a.id)));
+  }
+  for (const AttemptRankChange& r : batch.attempt_rank_changes) {
+    KVSCOPE_ASSIGN_OR_RETURN(
+        sqlite3_stmt * raw,
+        Prepare("UPDATE attempt_ranks SET state = ? WHERE attempt_id = ? AND rank = ?"));
+    Statement stmt(this, raw);
+    stmt.Bind(r.state).Bind(r.attempt_id).Bind(r.rank);
+    KVSCOPE_RETURN_IF_ERROR(stmt.RunOne(
+        absl::StrCat("update of rank ", r.rank, " of attempt ", r.attempt_id)));
   }
   for (const TrialChange& t : batch.trial_changes) {
     KVSCOPE_ASSIGN_OR_RETURN(
@@ -539,7 +562,7 @@ absl::StatusOr<std::vector<TrialRow>> Store::ListTrials(const std::string& exper
 
 #define KVSCOPE_ATTEMPT_COLUMNS                                                        \
   "a.id, a.trial_id, a.number, a.worker_id, a.gpu_indices, a.state, a.error, "         \
-  "a.lease_renewed_unix_s, a.started_unix_s, a.finished_unix_s"
+  "a.lease_renewed_unix_s, a.started_unix_s, a.finished_unix_s, a.gang_id, a.world_size"
 
 template <typename S>
 static AttemptRow ReadAttempt(const S& stmt) {
@@ -554,7 +577,54 @@ static AttemptRow ReadAttempt(const S& stmt) {
   a.lease_renewed_unix_s = stmt.Real(7);
   a.started_unix_s = stmt.Real(8);
   a.finished_unix_s = stmt.Real(9);
+  a.gang_id = stmt.Text(10);
+  a.world_size = static_cast<int32_t>(stmt.Int(11));
   return a;
+}
+
+template <typename S>
+static AttemptRankRow ReadAttemptRank(const S& stmt) {
+  AttemptRankRow r;
+  r.attempt_id = stmt.Int(0);
+  r.rank = static_cast<int32_t>(stmt.Int(1));
+  r.worker_id = stmt.Text(2);
+  r.gpu_indices = GpusFromJson(stmt.Text(3));
+  r.state = stmt.Text(4);
+  return r;
+}
+
+absl::StatusOr<std::vector<AttemptRankRow>> Store::LoadOpenAttemptRanks() {
+  std::lock_guard<std::mutex> lock(mu_);
+  KVSCOPE_ASSIGN_OR_RETURN(
+      sqlite3_stmt * raw,
+      Prepare("SELECT r.attempt_id, r.rank, r.worker_id, r.gpu_indices, r.state "
+              "FROM attempt_ranks r JOIN attempts a ON a.id = r.attempt_id "
+              "WHERE a.state IN ('leased', 'running') ORDER BY r.attempt_id, r.rank"));
+  Statement stmt(this, raw);
+  std::vector<AttemptRankRow> rows;
+  for (;;) {
+    KVSCOPE_ASSIGN_OR_RETURN(bool row, stmt.Step());
+    if (!row) break;
+    rows.push_back(ReadAttemptRank(stmt));
+  }
+  return rows;
+}
+
+absl::StatusOr<std::vector<AttemptRankRow>> Store::ListAttemptRanks(int64_t attempt_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  KVSCOPE_ASSIGN_OR_RETURN(
+      sqlite3_stmt * raw,
+      Prepare("SELECT attempt_id, rank, worker_id, gpu_indices, state FROM attempt_ranks "
+              "WHERE attempt_id = ? ORDER BY rank"));
+  Statement stmt(this, raw);
+  stmt.Bind(attempt_id);
+  std::vector<AttemptRankRow> rows;
+  for (;;) {
+    KVSCOPE_ASSIGN_OR_RETURN(bool row, stmt.Step());
+    if (!row) break;
+    rows.push_back(ReadAttemptRank(stmt));
+  }
+  return rows;
 }
 
 absl::StatusOr<std::vector<AttemptRow>> Store::LoadOpenAttempts() {

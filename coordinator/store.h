@@ -105,13 +105,34 @@ struct AttemptRow {
   int64_t id = 0;  // assigned by the coordinator: unique across the store, never reused
   std::string trial_id;
   int32_t number = 1;
-  std::string worker_id;
-  std::vector<int32_t> gpu_indices;
+  std::string worker_id;             // the worker of rank 0 for a gang
+  std::vector<int32_t> gpu_indices;  // rank 0's GPUs for a gang
   std::string state;  // "leased", "running", "succeeded", "failed", "expired", "cancelled"
   std::string error;
   double lease_renewed_unix_s = 0;
   double started_unix_s = 0;
   double finished_unix_s = 0;
+  std::string gang_id;     // "" unless the attempt is a gang (world_size > 1)
+  int32_t world_size = 1;  // ranks of the gang; 1 for an ordinary attempt
+};
+
+// The lease of rank 1..world_size-1 of a gang attempt (rank 0's is the attempt row itself).
+struct AttemptRankRow {
+  int64_t attempt_id = 0;
+  int32_t rank = 1;
+  std::string worker_id;
+  std::vector<int32_t> gpu_indices;
+  // "placed" (leased, not yet handed to its worker), "delivered" (in an AcquireTrials or
+  // ReportResult reply), "released" (the rank reported success; it holds nothing any more).
+  // Meaningful while the attempt is open; the attempt row's state says how it ended.
+  std::string state;
+};
+
+// A rank's new state (an UPDATE by attempt id and rank).
+struct AttemptRankChange {
+  int64_t attempt_id = 0;
+  int32_t rank = 1;
+  std::string state;
 };
 
 // The mutable part of an attempt (an UPDATE by id).
@@ -152,18 +173,20 @@ struct EventRow {
   std::string trial_id;       // "" = none
   int64_t attempt_id = 0;     // 0 = none
   std::string kind;  // "submit", "lease", "running", "expiry", "result", "failure", "cancel",
-                     // "finish", "register"
+                     // "finish", "register", "rank" (a gang's rank > 0 finished)
   std::string message;
 };
 
 // The writes of one coordinator operation, applied in one transaction in this order:
-// worker upserts, heartbeats, attempt inserts, attempt changes, trial changes, results,
-// experiment changes, events.
+// worker upserts, heartbeats, attempt inserts, attempt rank inserts, attempt changes,
+// attempt rank changes, trial changes, results, experiment changes, events.
 struct StoreBatch {
   std::vector<WorkerRow> upsert_workers;
   std::vector<std::pair<std::string, double>> worker_heartbeats;  // id, last_heartbeat_unix_s
   std::vector<AttemptRow> insert_attempts;
+  std::vector<AttemptRankRow> insert_attempt_ranks;
   std::vector<AttemptChange> attempt_changes;
+  std::vector<AttemptRankChange> attempt_rank_changes;
   std::vector<TrialChange> trial_changes;
   std::vector<ResultRecord> results;
   std::vector<ExperimentChange> experiment_changes;
@@ -206,6 +229,9 @@ class Store {
   absl::StatusOr<std::vector<TrialRow>> LoadTrialStates();
   // Attempts in state leased or running.
   absl::StatusOr<std::vector<AttemptRow>> LoadOpenAttempts();
+  // The rank rows (ranks 1..n-1) of the gang attempts in state leased or running, by
+  // attempt then rank.
+  absl::StatusOr<std::vector<AttemptRankRow>> LoadOpenAttemptRanks();
   absl::StatusOr<int64_t> MaxAttemptId();  // 0 for none
   absl::StatusOr<std::vector<WorkerRow>> LoadWorkers();
 
@@ -217,6 +243,8 @@ class Store {
   // Attempts of an experiment's trials, by trial then number.
   absl::StatusOr<std::vector<AttemptRow>> ListAttempts(const std::string& experiment_id);
   absl::StatusOr<std::optional<AttemptRow>> GetAttempt(int64_t attempt_id);
+  // The rank rows (ranks 1..n-1) of one attempt by rank; empty for an ordinary attempt.
+  absl::StatusOr<std::vector<AttemptRankRow>> ListAttemptRanks(int64_t attempt_id);
   // Attempts of one trial by number.
   absl::StatusOr<std::vector<AttemptRow>> ListTrialAttempts(const std::string& trial_id);
   // Results of an experiment, in trial index order.

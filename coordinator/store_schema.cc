@@ -79,6 +79,18 @@ CREATE TABLE events (
   message TEXT NOT NULL);
 CREATE INDEX events_experiment ON events(experiment_id, id);
 )sql"},
+      {3, "gang attempts: gang id, world size and the leases of ranks 1..n-1",
+       R"sql(
+ALTER TABLE attempts ADD COLUMN gang_id TEXT NOT NULL DEFAULT '';
+ALTER TABLE attempts ADD COLUMN world_size INTEGER NOT NULL DEFAULT 1;
+CREATE TABLE attempt_ranks (
+  attempt_id INTEGER NOT NULL REFERENCES attempts(id),
+  rank INTEGER NOT NULL,
+  worker_id TEXT NOT NULL,
+  gpu_indices TEXT NOT NULL,
+  state TEXT NOT NULL,
+  PRIMARY KEY (attempt_id, rank));
+)sql"},
   };
   return *kMigrations;
 }
@@ -94,7 +106,8 @@ nlohmann::json RequirementsToJson(const TrialRequirements& r) {
                         {"cpu_threads", r.cpu_threads},
                         {"backend", r.backend},
                         {"gpu_memory_bytes", r.gpu_memory_bytes},
-                        {"model_path", r.model_path}};
+                        {"model_path", r.model_path},
+                        {"nodes", r.nodes}};
 }
 
 TrialRequirements RequirementsFromJson(const nlohmann::json& j) {
@@ -105,6 +118,7 @@ TrialRequirements RequirementsFromJson(const nlohmann::json& j) {
   r.backend = j.value("backend", std::string("cpu"));
   r.gpu_memory_bytes = j.value("gpu_memory_bytes", int64_t{0});
   r.model_path = j.value("model_path", std::string());
+  r.nodes = j.value("nodes", 1);  // absent in trials stored before gangs
   return r;
 }
 

@@ -43,7 +43,7 @@ const std::vector<std::string>& BaseKeys() {
   static const std::vector<std::string> keys = {"model",    "strategy",  "memory",
                                                 "workload", "scheduler", "goodput",
                                                 "tp",       "threads",   "request_rate",
-                                                "gpu",
+                                                "gpu",      "nodes",
                                                 "fault"};  // test-only (docs/bench.md)
   return keys;
 }
@@ -458,7 +458,7 @@ absl::Status SweepParser::ReadBackend(const YAML::Node& node, const std::string&
 
 std::string AllowedAxes() {
   return "strategy, request_rate, tp, model, kv_bytes (memory.kv_bytes), backend, threads, "
-         "memory, workload, scheduler, goodput, or a dotted path into one of them (e.g. "
+         "nodes, memory, workload, scheduler, goodput, or a dotted path into one of them (e.g. "
          "workload.output_len, workload.input_len.mean, scheduler.max_num_seqs, "
          "strategy.kv_budget)";
 }
@@ -717,6 +717,7 @@ std::vector<std::string> PathsOfValidationError(const std::string& m) {
   if (starts("kv_memory_bytes")) return {"memory.kv_bytes"};
   if (starts("tp ")) return {"tp"};
   if (starts("threads")) return {"threads"};
+  if (starts("nodes")) return {"nodes"};
   if (starts("request_rate")) return {"request_rate", "workload.request_rate"};
   if (starts("goodput ")) {
     const std::string rest = m.substr(8);
@@ -994,7 +995,8 @@ absl::StatusOr<Sweep> SweepParser::Parse(const std::string& text) {
     }
     TrialRequirements req;
     req.backend = backend;
-    req.gpus = backend == "cuda" ? config.tp : 0;
+    req.nodes = std::max(1, config.nodes);
+    req.gpus = backend == "cuda" ? config.tp / req.nodes : 0;
     req.cpu_threads = config.threads;
     if (config.model.rfind("preset:", 0) != 0) req.model_path = config.model;
     for (int32_t r = 0; r < sweep.repeats; ++r) {

@@ -43,11 +43,16 @@ struct SweepLimits {
 
 // What a trial needs from a worker (placement).
 struct TrialRequirements {
-  int32_t gpus = 0;               // GPUs (= tp) for backend "cuda"; 0 for "cpu"
+  // GPUs per worker process for backend "cuda" (tp / nodes; = tp for a one-process trial);
+  // 0 for "cpu".
+  int32_t gpus = 0;
   int32_t cpu_threads = 0;        // 0 = any
   std::string backend = "cpu";    // "cpu" or "cuda"
   int64_t gpu_memory_bytes = 0;   // per GPU; 0 = no requirement
   std::string model_path;         // a model directory the worker must have; "" for presets
+  // Worker processes the trial spans (bench key `nodes`): > 1 makes it a gang, placed on
+  // `nodes` distinct workers that each meet the requirements above (docs/cluster.md).
+  int32_t nodes = 1;
 };
 
 struct TrialSpec {

@@ -58,6 +58,26 @@ class CoordinatorConnection {
     if (absl::Status s = ReportResult(worker_id, attempt_id, report); !s.ok()) return s;
     return std::vector<coordinator::TrialAssignment>();
   }
+
+  // --- gang rendezvous (Coordinator::PublishRendezvous / AwaitRendezvous) ---
+  // Rank 0's worker publishes its driver's rendezvous blob. Errors: FailedPrecondition
+  // (stale attempt, not rank 0, another blob already published: stop the rank),
+  // InvalidArgument (empty or over 256 bytes), Unavailable (retry). The defaults answer
+  // Unimplemented (a connection that does not support gangs).
+  virtual absl::Status PublishRendezvous(const std::string& worker_id, int64_t attempt_id,
+                                         const std::string& gang_id, const std::string& blob) {
+    return absl::UnimplementedError("this coordinator connection does not support gangs");
+  }
+  // A rank > 0 waits (one bounded call, about 10 s at most) for rank 0's blob.
+  // DeadlineExceeded: not published yet, ask again; Unavailable: the coordinator is
+  // unreachable, ask again with backoff; Aborted: the attempt has ended, stop the rank;
+  // FailedPrecondition: stale (not this attempt's gang, rank or worker), stop.
+  virtual absl::StatusOr<coordinator::Rendezvous> AwaitRendezvous(const std::string& worker_id,
+                                                                  int64_t attempt_id,
+                                                                  const std::string& gang_id,
+                                                                  int32_t rank) {
+    return absl::UnimplementedError("this coordinator connection does not support gangs");
+  }
 };
 
 }  // namespace kvscope::worker

@@ -2,6 +2,8 @@
 
 #include <utility>
 
+#include "absl/strings/str_cat.h"
+
 #include "coordinator/grpc_channel.h"
 #include "coordinator/grpc_convert.h"
 #include "kvscope/v1/worker.grpc.pb.h"
@@ -122,6 +124,47 @@ class GrpcConnection final : public CoordinatorConnection {
       next.push_back(coordinator::FromProto(a));
     }
     return next;
+  }
+
+  absl::Status PublishRendezvous(const std::string& worker_id, int64_t attempt_id,
+                                 const std::string& gang_id, const std::string& blob) override {
+    v1::PublishRendezvousRequest request;
+    request.set_worker_id(worker_id);
+    request.set_attempt_id(attempt_id);
+    request.set_gang_id(gang_id);
+    request.set_nccl_unique_id(blob);
+    v1::PublishRendezvousResponse response;
+    grpc::ClientContext context;
+    Prepare(&context);
+    return FromGrpcStatus(stub_->PublishRendezvous(&context, request, &response), peer_);
+  }
+
+  absl::StatusOr<coordinator::Rendezvous> AwaitRendezvous(const std::string& worker_id,
+                                                          int64_t attempt_id,
+                                                          const std::string& gang_id,
+                                                          int32_t rank) override {
+    v1::AwaitRendezvousRequest request;
+    request.set_worker_id(worker_id);
+    request.set_attempt_id(attempt_id);
+    request.set_gang_id(gang_id);
+    request.set_rank(rank);
+    v1::AwaitRendezvousResponse response;
+    grpc::ClientContext context;
+    // The call's deadline also bounds the coordinator's wait (which it caps at about 10 s).
+    Prepare(&context);
+    const grpc::Status status = stub_->AwaitRendezvous(&context, request, &response);
+    if (status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+      // Not published within the wait (the coordinator's answer or this call's deadline):
+      // kept apart from Unavailable so that the caller asks again at once.
+      return absl::DeadlineExceededError(
+          absl::StrCat(peer_, ": the rendezvous of gang ", gang_id,
+                       " is not published yet (", status.error_message(), ")"));
+    }
+    if (absl::Status s = FromGrpcStatus(status, peer_); !s.ok()) return s;
+    coordinator::Rendezvous rv;
+    rv.blob = response.nccl_unique_id();
+    rv.world_size = response.world_size();
+    return rv;
   }
 
  private:

@@ -8,6 +8,8 @@
 // gRPC UNAVAILABLE and DEADLINE_EXCEEDED become absl Unavailable (retry with backoff);
 // NOT_FOUND, FAILED_PRECONDITION, UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT keep
 // their code; anything else keeps its code as well. Messages name the coordinator address.
+// Except AwaitRendezvous's DEADLINE_EXCEEDED (not published within the wait), which stays
+// DeadlineExceeded so that the caller asks again at once.
 //
 // Thread safety: the returned connection may be used from several threads at once.
 #ifndef KVSCOPE_WORKER_GRPC_CONNECTION_H_

@@ -9,6 +9,8 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "common/clock.h"
 #include "coordinator/coordinator.h"
@@ -472,6 +474,112 @@ TEST_F(GrpcServiceTest, GarbageRequestsNeverCrashTheServer) {
   // Still serving.
   std::string id;
   EXPECT_TRUE(Submit(kSweep, kClientToken, &id).ok());
+}
+
+// Gangs over gRPC: a sweep with nodes: 2 is placed on two workers (GangPlacement on the
+// wire), rank 1 waits in AwaitRendezvous until rank 0 publishes, and the refusals keep
+// their codes end to end.
+TEST_F(GrpcServiceTest, GangRendezvousOverGrpc) {
+  StartServer();
+  std::string id;
+  const std::string sweep = std::string(kSweep) + "tp: 2\nnodes: 2\n";
+  grpc::Status submitted = Submit(sweep, kClientToken, &id);
+  ASSERT_TRUE(submitted.ok()) << submitted.error_message();
+  WorkerCapabilities caps;
+  caps.hostname = "test";
+  caps.cpu_cores = 2;
+  caps.backends = {"cpu"};
+  caps.max_cpu_trials = 1;
+  auto c1 = WorkerConnection(kWorkerToken);
+  auto c2 = WorkerConnection(kWorkerToken);
+  const std::string w1 = c1->Register(caps, "")->worker_id;
+  const std::string w2 = c2->Register(caps, "")->worker_id;
+  auto a = c1->AcquireTrials(w1, 1);
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_EQ(a->size(), 1u);
+  const TrialAssignment rank0 = (*a)[0];
+  ASSERT_TRUE(rank0.gang.has_value());
+  EXPECT_EQ(rank0.gang->rank, 0);
+  EXPECT_EQ(rank0.gang->world_size, 2);
+  EXPECT_EQ(rank0.gang->worker_ids, (std::vector<std::string>{w1, w2}));
+  EXPECT_THAT(rank0.config_yaml, HasSubstr("nodes: 2"));
+  auto b = c2->AcquireTrials(w2, 1);
+  ASSERT_TRUE(b.ok()) << b.status();
+  ASSERT_EQ(b->size(), 1u);
+  const TrialAssignment rank1 = (*b)[0];
+  ASSERT_TRUE(rank1.gang.has_value());
+  EXPECT_EQ(rank1.gang->rank, 1);
+  EXPECT_EQ(rank1.attempt_id, rank0.attempt_id);
+  const std::string gang = rank0.gang->gang_id;
+
+  // Refusals keep their codes.
+  EXPECT_EQ(c1->PublishRendezvous(w1, rank0.attempt_id, gang, std::string(300, 'x')).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(c2->PublishRendezvous(w2, rank0.attempt_id, gang, "blob").code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(c2->AwaitRendezvous(w2, rank0.attempt_id, gang + "x", 1).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  // Not published within the call's deadline: DeadlineExceeded, promptly.
+  {
+    worker::GrpcConnectionOptions options;
+    options.target = Target();
+    options.token = kWorkerToken;
+    options.call_timeout_seconds = 0.2;
+    auto quick = worker::ConnectToCoordinator(options);
+    ASSERT_TRUE(quick.ok());
+    EXPECT_EQ((*quick)->AwaitRendezvous(w2, rank0.attempt_id, gang, 1).status().code(),
+              absl::StatusCode::kDeadlineExceeded);
+  }
+  // Rank 1 waits; rank 0 publishes; rank 1 gets the blob.
+  absl::StatusOr<Rendezvous> got = absl::UnknownError("not yet");
+  std::thread waiter([&] { got = c2->AwaitRendezvous(w2, rank1.attempt_id, gang, 1); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  const std::string blob = "tcp://127.0.0.1:4242/0123456789abcdef";
+  ASSERT_TRUE(c1->PublishRendezvous(w1, rank0.attempt_id, gang, blob).ok());
+  waiter.join();
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->blob, blob);
+  EXPECT_EQ(got->world_size, 2);
+  EXPECT_TRUE(c1->PublishRendezvous(w1, rank0.attempt_id, gang, blob).ok());  // idempotent
+
+  // Rank 1 finishes (no result), rank 0 reports the result; rank 1's late report is fine.
+  ResultReport done;
+  done.succeeded = true;
+  ASSERT_TRUE(c2->ReportResult(w2, rank1.attempt_id, done).ok());
+  ResultReport failed;
+  failed.error = "driver lost";
+  ASSERT_TRUE(c1->ReportResult(w1, rank0.attempt_id, failed).ok());
+  EXPECT_TRUE(c2->ReportResult(w2, rank1.attempt_id, done).ok());
+  // The attempt ended: AwaitRendezvous says so.
+  EXPECT_EQ(c2->AwaitRendezvous(w2, rank1.attempt_id, gang, 1).status().code(),
+            absl::StatusCode::kAborted);
+}
+
+// A server shutting down does not wait for an AwaitRendezvous call to run out.
+TEST_F(GrpcServiceTest, ShutdownEndsAWaitingAwaitRendezvous) {
+  StartServer();
+  std::string id;
+  const std::string sweep = std::string(kSweep) + "tp: 2\nnodes: 2\n";
+  ASSERT_TRUE(Submit(sweep, kClientToken, &id).ok());
+  WorkerCapabilities caps;
+  caps.hostname = "test";
+  caps.backends = {"cpu"};
+  auto c1 = WorkerConnection(kWorkerToken);
+  const std::string w1 = c1->Register(caps, "")->worker_id;
+  const std::string w2 = c1->Register(caps, "")->worker_id;
+  auto a = c1->AcquireTrials(w1, 1);
+  ASSERT_TRUE(a.ok() && a->size() == 1u);
+  absl::StatusOr<Rendezvous> got = absl::UnknownError("not yet");
+  std::thread waiter([&] {
+    got = c1->AwaitRendezvous(w2, (*a)[0].attempt_id, (*a)[0].gang->gang_id, 1);
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  const auto start = std::chrono::steady_clock::now();
+  server_->Shutdown(/*grace_seconds=*/0.1);
+  server_.reset();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(3));
+  waiter.join();
+  EXPECT_FALSE(got.ok());
 }
 
 TEST(GrpcConnectionTest, UnreachableCoordinatorIsUnavailable) {

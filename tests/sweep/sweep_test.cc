@@ -247,6 +247,34 @@ matrix:
   EXPECT_EQ(sweep.trials[2].axes["model"], nlohmann::json({{"path", "/models/llama"}}));
 }
 
+// `nodes` is a bench key and an axis: it reaches the bench YAML and the placement (a gang
+// of `nodes` workers, tp / nodes ranks each); a nodes that does not divide tp is refused at
+// its matrix value.
+TEST(SweepTest, NodesAxisAndGangRequirements) {
+  const Sweep sweep = ParseOrDie(R"(name: n
+model: {preset: llama-tiny}
+tp: 2
+matrix:
+  nodes: [1, 2]
+)");
+  ASSERT_EQ(sweep.trials.size(), 2u);
+  EXPECT_EQ(sweep.trials[0].requirements.nodes, 1);
+  EXPECT_EQ(sweep.trials[1].requirements.nodes, 2);
+  EXPECT_EQ(sweep.trials[1].requirements.gpus, 0);  // cpu
+  EXPECT_EQ(BenchOf(sweep.trials[1]).nodes, 2);
+  EXPECT_EQ(sweep.trials[1].label, "nodes=2 repeat=0");
+
+  auto bad = ParseSweep(R"(name: n
+model: {preset: llama-tiny}
+tp: 2
+matrix:
+  nodes: [3]
+)", "s.yaml");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("s.yaml:5:11"), std::string::npos) << bad.status();
+  EXPECT_NE(bad.status().message().find("nodes"), std::string::npos) << bad.status();
+}
+
 // The backend places the trial and selects the bench's engine: `backend: cuda` reaches the
 // trial's bench YAML (valid in any build; only running it needs CUDA), with the base
 // trial's `gpu` options.
