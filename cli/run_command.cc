@@ -26,6 +26,7 @@
 #include "coordinator/grpc_convert.h"
 #include "coordinator/grpc_server.h"
 #include "coordinator/store.h"
+#include "coordinator/sweep.h"
 #include "kvscope/v1/client.grpc.pb.h"
 #include "worker/capabilities.h"
 #include "worker/grpc_connection.h"
@@ -76,6 +77,24 @@ int RunRun(const std::vector<std::string>& args) {
   std::stringstream text;
   text << in.rdbuf();
 
+  absl::StatusOr<coordinator::Sweep> sweep = coordinator::ParseSweep(text.str(), path);
+  if (!sweep.ok()) {
+    std::fprintf(stderr, "kvscope run: invalid sweep: %s\n",
+                 std::string(sweep.status().message()).c_str());
+    return 1;
+  }
+  // One worker runs here, and a gang needs `nodes` distinct workers: it would wait forever.
+  for (const coordinator::TrialSpec& t : sweep->trials) {
+    if (t.requirements.nodes <= 1) continue;
+    std::fprintf(stderr,
+                 "kvscope run: %s: trial %s has nodes: %d, which needs %d workers; kvscope run "
+                 "has one. Run it on a cluster instead: `kvscope coordinator`, %d x `kvscope "
+                 "worker --coordinator HOST:PORT` (on one machine too), then `kvscope submit "
+                 "%s --wait` (docs/cluster.md, \"Multi-node trials\")\n",
+                 path.c_str(), t.label.c_str(), t.requirements.nodes, t.requirements.nodes,
+                 t.requirements.nodes, path.c_str());
+    return 2;
+  }
   std::error_code ec;
   std::filesystem::create_directories(dir + "/work", ec);
   if (ec) return Fail("cannot create " + dir + "/work: " + ec.message());
@@ -90,7 +109,7 @@ int RunRun(const std::vector<std::string>& args) {
       coordinator::Coordinator::Create(store->get(), &RealClock::Get(), options);
   if (!coord.ok()) return Fail(std::string(coord.status().message()));
 
-  absl::StatusOr<std::string> id = (*coord)->Submit(text.str(), path);
+  absl::StatusOr<std::string> id = (*coord)->SubmitParsed(*sweep, text.str(), path);
   if (!id.ok()) {
     std::fprintf(stderr, "kvscope run: invalid sweep: %s\n", std::string(id.status().message()).c_str());
     return 1;

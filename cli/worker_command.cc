@@ -1,7 +1,12 @@
 // `kvscope worker --coordinator HOST:PORT`: the worker daemon (worker/worker_daemon.h) over
 // gRPC (worker/grpc_connection.h).
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <time.h>
 
 #include <algorithm>
@@ -55,6 +60,45 @@ worker::CapabilityOptions CapabilityOptionsFromFlags(const std::vector<std::stri
   return options;
 }
 
+// The local address this machine uses to reach the coordinator `target` (HOST:PORT, or
+// [V6]:PORT), which is where other workers in the same network reach it too: a UDP
+// socket "connected" to the target (no packet is sent) names the outgoing interface.
+// "127.0.0.1" when that cannot be found.
+std::string RouteAddressTo(const std::string& target) {
+  std::string host = target;
+  const size_t colon = target.rfind(':');
+  if (colon != std::string::npos) host = target.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_DGRAM;
+  addrinfo* found = nullptr;
+  if (host.empty() || getaddrinfo(host.c_str(), "9", &hints, &found) != 0) return "127.0.0.1";
+  std::string address = "127.0.0.1";
+  for (addrinfo* a = found; a != nullptr; a = a->ai_next) {
+    const int fd = socket(a->ai_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) continue;
+    sockaddr_storage local{};
+    socklen_t length = sizeof(local);
+    char text[INET6_ADDRSTRLEN] = {0};
+    const bool ok = connect(fd, a->ai_addr, a->ai_addrlen) == 0 &&
+                    getsockname(fd, reinterpret_cast<sockaddr*>(&local), &length) == 0;
+    close(fd);
+    if (!ok) continue;
+    const void* raw = local.ss_family == AF_INET6
+                          ? static_cast<const void*>(
+                                &reinterpret_cast<const sockaddr_in6*>(&local)->sin6_addr)
+                          : &reinterpret_cast<const sockaddr_in*>(&local)->sin_addr;
+    if (inet_ntop(local.ss_family, raw, text, sizeof(text)) != nullptr) {
+      address = text;
+      break;
+    }
+  }
+  freeaddrinfo(found);
+  return address;
+}
+
 }  // namespace
 
 int RunWorker(const std::vector<std::string>& args) {
@@ -67,6 +111,7 @@ int RunWorker(const std::vector<std::string>& args) {
                 "are stopped and reported as failed). See docs/cluster.md.");
   std::string target, token, token_file, tls_ca, tls_cert, tls_key;
   std::string work_dir = "kvscope-worker";
+  std::string advertise_host;  // "" = the address this machine reaches the coordinator from
   std::vector<std::string> models;
   int64_t max_trials = 1;
   double backoff_max = 30;
@@ -82,6 +127,11 @@ int RunWorker(const std::vector<std::string>& args) {
                    "model directories this worker offers, comma-separated or repeated (a "
                    "folder of models counts each model inside)");
   flags.Int("max-trials", &max_trials, "trials run at once");
+  flags.String("advertise-host", &advertise_host,
+               "host name or address other workers reach this one on, for trials whose "
+               "tensor-parallel group spans several workers (bench key `nodes`); rank 0 of "
+               "such a trial listens there on a free port (default: this machine's address "
+               "on the route to the coordinator)");
   flags.Double("backoff-max", &backoff_max, "longest wait between reconnection attempts, seconds");
   flags.Bool("print-capabilities", &print_capabilities,
              "print what this worker would register (CPU, GPUs, topology, models) as JSON and "
@@ -104,6 +154,13 @@ int RunWorker(const std::vector<std::string>& args) {
   }
   if (max_trials < 1 || max_trials > 1024) {
     std::fprintf(stderr, "kvscope worker: --max-trials must be in [1, 1024]\n");
+    return 2;
+  }
+  if (advertise_host.empty()) advertise_host = RouteAddressTo(target);
+  if (advertise_host.find_first_of(" /\t") != std::string::npos) {
+    std::fprintf(stderr,
+                 "kvscope worker: --advertise-host must be a host name or address (got \"%s\")\n",
+                 advertise_host.c_str());
     return 2;
   }
   if (!(backoff_max >= 0.5)) {
@@ -145,13 +202,16 @@ int RunWorker(const std::vector<std::string>& args) {
   options.work_dir = work_dir;
   options.max_concurrent_trials = static_cast<int32_t>(max_trials);
   options.backoff_max_seconds = backoff_max;
+  options.advertise_host = advertise_host;
   absl::StatusOr<std::unique_ptr<worker::WorkerDaemon>> daemon =
       worker::WorkerDaemon::Create(options);
   if (!daemon.ok()) return Fail(std::string(daemon.status().message()));
 
-  std::fprintf(stderr, "kvscope worker: %s, %d CPU cores, %zu GPU(s), coordinator %s%s\n",
+  std::fprintf(stderr,
+               "kvscope worker: %s, %d CPU cores, %zu GPU(s), coordinator %s%s, gang rank 0 "
+               "listens on %s\n",
                capabilities->hostname.c_str(), capabilities->cpu_cores, capabilities->gpus.size(),
-               target.c_str(), tls_ca.empty() ? "" : " (TLS)");
+               target.c_str(), tls_ca.empty() ? "" : " (TLS)", advertise_host.c_str());
   std::atomic<bool> returned{false};
   absl::Status status;
   std::thread thread([&] {

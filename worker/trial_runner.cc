@@ -156,6 +156,12 @@ absl::StatusOr<pid_t> TrialRunner::Spawn() {
   }
   fs::remove_all(fs::path(work_dir_) / "out", ec);
   fs::remove(fs::path(work_dir_) / "progress.json", ec);
+  if (options_.gang.world_size > 1 && options_.gang.rank > 0) {
+    // Written before the child starts: the follower connects to what it names.
+    if (absl::Status s = WriteFile(RendezvousPath(), rendezvous_blob_); !s.ok()) return s;
+  } else {
+    fs::remove(RendezvousPath(), ec);
+  }
   const std::string config = work_dir_ + "/config.yaml";
   if (absl::Status s = WriteFile(config, assignment_.config_yaml); !s.ok()) return s;
   if (access(options_.kvscope_binary.c_str(), X_OK) != 0) {
@@ -173,6 +179,14 @@ absl::StatusOr<pid_t> TrialRunner::Spawn() {
                                    work_dir_ + "/out",
                                    "--progress-file",
                                    work_dir_ + "/progress.json"};
+  if (options_.gang.world_size > 1) {
+    args.insert(args.end(), {"--gang-rank", absl::StrCat(options_.gang.rank), "--gang-size",
+                             absl::StrCat(options_.gang.world_size), "--gang-rendezvous-file",
+                             RendezvousPath()});
+    if (options_.gang.rank == 0) {
+      args.insert(args.end(), {"--gang-listen-host", options_.gang_listen_host});
+    }
+  }
   std::vector<std::string> env;
   for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
     if (!assignment_.gpu_indices.empty() && absl::StartsWith(*e, "CUDA_VISIBLE_DEVICES=")) {
@@ -241,6 +255,25 @@ coordinator::ResultReport TrialRunner::Run(
     report.error = "stopped before it started";
     return report;
   }
+  const bool gang = options_.gang.world_size > 1;
+  if (gang && options_.gang.rank > 0) {
+    if (!options_.rendezvous.await) {
+      report.error = "gang rank without a rendezvous (internal error: no await hook)";
+      return report;
+    }
+    absl::StatusOr<std::string> blob =
+        options_.rendezvous.await([this] { return stop_requested_.load(); });
+    if (!blob.ok()) {
+      report.error = absl::StrCat("rank ", options_.gang.rank, " of ", options_.gang.world_size,
+                                  " could not meet rank 0: ", blob.status().message());
+      return report;
+    }
+    rendezvous_blob_ = *std::move(blob);
+    if (stop_requested_.load()) {
+      report.error = "stopped before it started";
+      return report;
+    }
+  }
   absl::StatusOr<pid_t> spawned = Spawn();
   if (!spawned.ok()) {
     report.error = absl::StrCat("could not start the trial: ", spawned.status().message());
@@ -255,6 +288,23 @@ coordinator::ResultReport TrialRunner::Run(
     last_progress = *text;
     absl::StatusOr<TrialProgress> progress = ParseProgress(*text);
     if (progress.ok() && on_progress) on_progress(*progress);
+  };
+
+  // Rank 0: the child writes its blob (atomically, by rename) once it listens.
+  bool published = !gang || options_.gang.rank > 0;
+  std::string publish_error;
+  auto check_rendezvous = [&] {
+    if (published) return;
+    absl::StatusOr<std::string> blob = ReadFile(RendezvousPath());
+    if (!blob.ok() || blob->empty()) return;
+    published = true;
+    const absl::Status s = options_.rendezvous.publish
+                               ? options_.rendezvous.publish(*blob)
+                               : absl::InternalError("no publish hook");
+    if (!s.ok()) {
+      publish_error = absl::StrCat("could not publish the gang's rendezvous: ", s.message());
+      Stop();
+    }
   };
 
   int wait_status = 0;
@@ -272,6 +322,7 @@ coordinator::ResultReport TrialRunner::Run(
       return report;
     }
     check_progress();
+    check_rendezvous();
     if (stop_requested_.load()) {
       const SteadyClock::time_point now = SteadyClock::now();
       if (!sent_term) {
@@ -290,6 +341,10 @@ coordinator::ResultReport TrialRunner::Run(
   // Whatever the child left in its group (it starts none today) goes with it.
   kill(-pid, SIGKILL);
   check_progress();
+  if (!publish_error.empty()) {
+    report.error = publish_error;
+    return report;
+  }
   return Collect(wait_status, sent_term);
 }
 
@@ -320,6 +375,10 @@ coordinator::ResultReport TrialRunner::Collect(int wait_status, bool stopped) {
     if (code == 127)
       absl::StrAppend(&message, " (could not execute ", options_.kvscope_binary, ")");
     report.error = with_stderr(std::move(message));
+    return report;
+  }
+  if (options_.gang.world_size > 1 && options_.gang.rank > 0) {
+    report.succeeded = true;  // rank 0 reports the trial's result
     return report;
   }
   const std::string out = work_dir_ + "/out";

@@ -7,6 +7,7 @@
 //   KVSCOPE bench --config work_dir/config.yaml --out work_dir/out
 //                 --progress-file work_dir/progress.json
 //
+// (plus the gang flags for one rank of a multi-worker trial, see GangRole)
 // in its own process group, with stdout to work_dir/stdout.log and stderr to
 // work_dir/stderr.log (GPU trials see only their GPUs through CUDA_VISIBLE_DEVICES). It
 // polls the child and its progress file, and turns the outcome into a ResultReport: on exit
@@ -32,6 +33,24 @@
 
 namespace kvscope::worker {
 
+// The attempt's place in a gang: a tensor-parallel group spread over `world_size` workers
+// (docs/cluster.md, "Multi-node trials"). world_size 1 is an ordinary trial.
+struct GangRole {
+  int32_t rank = 0;
+  int32_t world_size = 1;
+};
+
+// How a gang's ranks meet; the daemon implements both over the coordinator's rendezvous.
+// Called on Run()'s thread.
+struct RendezvousHooks {
+  // Rank 0: called once with the blob the child wrote to its rendezvous file (its listening
+  // address and token). A non-OK status stops the child and fails the attempt with it.
+  std::function<absl::Status(const std::string& blob)> publish;
+  // Ranks > 0: called before the child starts; returns rank 0's blob, or the error that
+  // fails the attempt. It retries transient errors itself and gives up once `stopped()`.
+  std::function<absl::StatusOr<std::string>(const std::function<bool()>& stopped)> await;
+};
+
 struct TrialRunnerOptions {
   // The kvscope binary the child runs. The default is the running binary, which is kvscope
   // itself in `kvscope worker` and `kvscope run`.
@@ -42,6 +61,12 @@ struct TrialRunnerOptions {
   double poll_interval_seconds = 0.1;
   // Lines of stderr quoted in a failure's error.
   int32_t stderr_tail_lines = 10;
+  // For a gang rank, the child also gets --gang-rank, --gang-size, --gang-rendezvous-file
+  // work_dir/rendezvous and (rank 0) --gang-listen-host. A rank > 0 writes no result:
+  // exit 0 is reported as success with an empty result.
+  GangRole gang;
+  std::string gang_listen_host = "127.0.0.1";  // where rank 0's child listens for the others
+  RendezvousHooks rendezvous;                  // required for a gang
 };
 
 // The progress file's contents (`kvscope bench --progress-file`).
@@ -85,10 +110,12 @@ class TrialRunner {
   // Starts the child; returns its pid.
   absl::StatusOr<pid_t> Spawn();
   coordinator::ResultReport Collect(int wait_status, bool stopped);
+  std::string RendezvousPath() const { return work_dir_ + "/rendezvous"; }
 
   const TrialRunnerOptions options_;
   const coordinator::TrialAssignment assignment_;
   const std::string work_dir_;
+  std::string rendezvous_blob_;  // rank > 0: rank 0's blob, from the await hook
   std::atomic<bool> stop_requested_{false};
   std::mutex mu_;
   std::condition_variable wake_;  // Stop() wakes Run()'s poll wait

@@ -141,6 +141,9 @@ class WorkerDaemon::Impl {
   }
   // Trial thread body.
   void TrialMain(Trial* trial);
+  // The rendezvous hooks of a gang rank's runner (called on its trial thread).
+  RendezvousHooks GangHooks(const coordinator::TrialAssignment& assignment,
+                            const std::string& lease_worker_id);
 
   const WorkerDaemonOptions options_;
   CoordinatorConnection* const conn_;
@@ -449,12 +452,20 @@ void WorkerDaemon::Impl::StartTrial(const coordinator::TrialAssignment& assignme
   TrialRunnerOptions runner_options;
   runner_options.kvscope_binary = options_.kvscope_binary;
   runner_options.stop_grace_seconds = options_.stop_grace_seconds;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    trial->lease_worker_id = worker_id_;
+  }
+  if (assignment.gang && assignment.gang->world_size > 1) {
+    runner_options.gang = {assignment.gang->rank, assignment.gang->world_size};
+    runner_options.gang_listen_host = options_.advertise_host;
+    runner_options.rendezvous = GangHooks(assignment, trial->lease_worker_id);
+  }
   trial->runner = std::make_unique<TrialRunner>(
       runner_options, assignment, options_.work_dir + "/" + AttemptDirName(assignment));
   Trial* raw = trial.get();
   {
     std::lock_guard<std::mutex> lock(mu_);
-    trial->lease_worker_id = worker_id_;
     if (running_.count(assignment.attempt_id) != 0) {
       Log("attempt %lld is already running; ignored",
           static_cast<long long>(assignment.attempt_id));
@@ -462,10 +473,81 @@ void WorkerDaemon::Impl::StartTrial(const coordinator::TrialAssignment& assignme
     }
     running_[assignment.attempt_id] = std::move(trial);
   }
-  Log("running trial %s (experiment %s, attempt %lld, #%d)", assignment.trial_id.c_str(),
+  Log("running trial %s (experiment %s, attempt %lld, #%d%s)", assignment.trial_id.c_str(),
       assignment.experiment_id.c_str(), static_cast<long long>(assignment.attempt_id),
-      assignment.attempt_number);
+      assignment.attempt_number,
+      assignment.gang ? absl::StrCat(", rank ", assignment.gang->rank, " of ",
+                                     assignment.gang->world_size, " of gang ",
+                                     assignment.gang->gang_id)
+                            .c_str()
+                      : "");
   raw->thread = std::thread([this, raw] { TrialMain(raw); });
+}
+
+RendezvousHooks WorkerDaemon::Impl::GangHooks(const coordinator::TrialAssignment& assignment,
+                                              const std::string& lease_worker_id) {
+  const coordinator::GangPlacement gang = *assignment.gang;
+  const int64_t attempt = assignment.attempt_id;
+  // Time and backoff on the trial thread: its own generator (rng_ is the main thread's).
+  auto wait_seconds = [this](int32_t failures) {
+    std::mt19937_64 rng(static_cast<uint64_t>(failures) * 7919 + options_.backoff_seed);
+    return BackoffSeconds(failures, options_.backoff_base_seconds,
+                          std::min(options_.backoff_max_seconds, 5.0), &rng);
+  };
+  // Sleeps up to `seconds`, waking early once `stopped()`; false when stopped.
+  auto nap = [](double seconds, const std::function<bool()>& stopped) {
+    const auto until = SteadyClock::now() + Seconds(seconds);
+    while (SteadyClock::now() < until) {
+      if (stopped()) return false;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return !stopped();
+  };
+  RendezvousHooks hooks;
+  hooks.publish = [this, gang, attempt, lease_worker_id, wait_seconds,
+                   nap](const std::string& blob) -> absl::Status {
+    // Rank 0's child waits for the others only so long; no point publishing later.
+    const auto deadline =
+        SteadyClock::now() + Seconds(std::min(options_.rendezvous_timeout_seconds, 60.0));
+    for (int32_t failures = 1;; ++failures) {
+      const absl::Status s = conn_->PublishRendezvous(lease_worker_id, attempt, gang.gang_id, blob);
+      if (s.ok()) {
+        Log("attempt %lld: published the rendezvous of gang %s", static_cast<long long>(attempt),
+            gang.gang_id.c_str());
+        return s;
+      }
+      if (Classify(s) != Outcome::kAway || s.code() == absl::StatusCode::kAborted ||
+          SteadyClock::now() >= deadline) {
+        return s;
+      }
+      if (!nap(wait_seconds(failures), [] { return false; })) return s;
+    }
+  };
+  hooks.await = [this, gang, attempt, lease_worker_id, wait_seconds, nap](
+                    const std::function<bool()>& stopped) -> absl::StatusOr<std::string> {
+    const auto deadline = SteadyClock::now() + Seconds(options_.rendezvous_timeout_seconds);
+    int32_t failures = 0;
+    for (;;) {
+      if (stopped()) return absl::CancelledError("stopped while waiting for rank 0");
+      if (SteadyClock::now() >= deadline) {
+        return absl::DeadlineExceededError(
+            absl::StrCat("rank 0 published no rendezvous within ",
+                         options_.rendezvous_timeout_seconds, " s"));
+      }
+      absl::StatusOr<coordinator::Rendezvous> r =
+          conn_->AwaitRendezvous(lease_worker_id, attempt, gang.gang_id, gang.rank);
+      if (r.ok()) return r->blob;
+      const absl::StatusCode code = r.status().code();
+      if (code == absl::StatusCode::kDeadlineExceeded) continue;  // not yet published
+      if (code == absl::StatusCode::kAborted || Classify(r.status()) != Outcome::kAway) {
+        return r.status();  // the attempt ended, is stale, or the call was refused
+      }
+      if (!nap(wait_seconds(++failures), stopped)) {
+        return absl::CancelledError("stopped while waiting for rank 0");
+      }
+    }
+  };
+  return hooks;
 }
 
 void WorkerDaemon::Impl::TrialMain(Trial* trial) {

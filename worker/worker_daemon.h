@@ -21,6 +21,11 @@
 // The coordinator's stop_attempts (cancelled, or lease lost) stop those trials; their
 // results are not reported.
 //
+// Gang ranks (TrialAssignment::gang): rank 0's child listens and writes a rendezvous blob,
+// which the daemon publishes (PublishRendezvous); a rank > 0 first waits for that blob
+// (AwaitRendezvous, asked again while it answers DeadlineExceeded or the coordinator is
+// away), then starts its child. A rank > 0 reports success without a result.
+//
 // Thread safety: Run() is called once, from one thread. Shutdown() and the accessors may be
 // called from any thread.
 #ifndef KVSCOPE_WORKER_WORKER_DAEMON_H_
@@ -57,6 +62,12 @@ struct WorkerDaemonOptions {
   double progress_interval_seconds = 1;
   double stop_grace_seconds = 5;   // SIGTERM -> SIGKILL for a stopped trial
   bool keep_attempt_dirs = false;  // keep each attempt's config, logs and output
+  // Gangs (a trial's tensor-parallel group over several workers): the address rank 0's
+  // child listens on, which the other ranks' workers must be able to reach.
+  std::string advertise_host = "127.0.0.1";
+  // Longest a rank > 0 waits for rank 0's rendezvous (the gang's attempt usually ends
+  // sooner, through a lease, when rank 0 is gone).
+  double rendezvous_timeout_seconds = 600;
 };
 
 // The wait before retry number `failures` (>= 1), as WorkerDaemonOptions describes.

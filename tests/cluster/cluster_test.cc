@@ -320,6 +320,59 @@ TEST_F(ClusterTest, CrashingTrialFailsAfterItsAttemptsOthersSucceed) {
   EXPECT_EQ(succeeded, 1);
 }
 
+// 5b. A trial whose tensor-parallel group spans two worker processes (nodes: 2): the
+// rendezvous goes through the coordinator over gRPC, and the result is stored once.
+TEST_F(ClusterTest, GangTrialRunsOnTwoWorkerProcesses) {
+  StartCoordinator();
+  StartWorker();
+  StartWorker();
+  const std::string sweep =
+      WriteFile("gang.yaml", TinySweep("gang", 3, "4", 1, "tp: 2\nnodes: 2\n"));
+  std::string output;
+  ASSERT_EQ(Cli("submit " + sweep + " --coordinator " + target_ + " --wait", &output), 0)
+      << output << coordinator_->Log() << workers_[0]->Log() << workers_[1]->Log();
+  const std::string id = output.substr(0, output.find('\n'));
+  TestClient client(target_);
+  ExpectEachTrialOnce(&client, id, 1);
+  for (const auto& w : workers_) EXPECT_THAT(w->Log(), HasSubstr("of gang"));
+  EXPECT_THAT(workers_[0]->Log() + workers_[1]->Log(), HasSubstr("published the rendezvous"));
+}
+
+// 5c. The worker of one rank dies mid-trial: its lease expires, the whole attempt ends
+// (rank 0 is stopped, not left waiting), and the trial runs again on two live workers.
+TEST_F(ClusterTest, LostGangRankRetriesTheWholeAttempt) {
+  StartCoordinator();
+  StartWorker();
+  StartWorker();
+  TestClient client(target_);
+  std::string id;
+  ASSERT_TRUE(client.Submit(TinySweep("gang-kill", 40, "8", 1, "tp: 2\nnodes: 2\n"), &id).ok());
+  // Both ranks running: two workers list the trial.
+  auto busy_workers = [&] {
+    std::vector<std::string> ids;
+    v1::ListWorkersResponse workers;
+    if (!client.Workers(&workers).ok()) return ids;
+    for (const v1::WorkerInfo& w : workers.workers()) {
+      if (w.running_trials_size() > 0) ids.push_back(w.worker_id());
+    }
+    return ids;
+  };
+  ASSERT_TRUE(PollUntil([&] { return busy_workers().size() == 2; }, 60))
+      << workers_[0]->Log() << workers_[1]->Log();
+  // Kill the second worker process (whichever rank it runs); a third one joins.
+  workers_[1]->Crash();
+  StartWorker();
+  const v1::ExperimentInfo info = WaitFinished(&client, id, 120);
+  ASSERT_EQ(info.state(), v1::EXPERIMENT_STATE_SUCCEEDED)
+      << coordinator_->Log() << workers_[0]->Log() << workers_[2]->Log();
+  ExpectEachTrialOnce(&client, id, 1);
+  v1::GetExperimentResponse experiment;
+  ASSERT_TRUE(client.Get(id, &experiment).ok());
+  ASSERT_EQ(experiment.trials_size(), 1);
+  EXPECT_GE(experiment.trials(0).attempts_size(), 2);
+  EXPECT_THAT(workers_[2]->Log(), HasSubstr("of gang"));
+}
+
 // 6. Wrong or missing tokens are rejected for clients and workers; TLS works with
 // certificates generated here.
 TEST_F(ClusterTest, TokensAndTls) {

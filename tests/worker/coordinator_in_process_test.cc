@@ -5,6 +5,10 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
+
+#include "absl/strings/str_split.h"
+#include "nlohmann/json.hpp"
 
 #include "common/clock.h"
 #include "coordinator/coordinator.h"
@@ -67,6 +71,17 @@ class DirectConnection : public CoordinatorConnection {
     return next;
   }
 
+  absl::Status PublishRendezvous(const std::string& worker_id, int64_t attempt_id,
+                                 const std::string& gang_id, const std::string& blob) override {
+    return c_->PublishRendezvous(worker_id, attempt_id, gang_id, blob);
+  }
+  absl::StatusOr<coordinator::Rendezvous> AwaitRendezvous(const std::string& worker_id,
+                                                          int64_t attempt_id,
+                                                          const std::string& gang_id,
+                                                          int32_t rank) override {
+    return c_->AwaitRendezvous(worker_id, attempt_id, gang_id, rank, /*timeout_seconds=*/1);
+  }
+
   // Trials leased through AcquireTrials, and through result reports (one call per trial).
   std::atomic<int> acquired_by_acquire{0}, acquired_by_report{0};
 
@@ -96,8 +111,23 @@ class CoordinatorInProcessTest : public ::testing::Test {
       thread_.join();
     }
     EXPECT_TRUE(run_status_.ok()) << run_status_;
+    if (second_thread_.joinable()) {
+      second_daemon_->Shutdown();
+      second_thread_.join();
+    }
+    EXPECT_TRUE(second_run_status_.ok()) << second_run_status_;
   }
-  void StartDaemon(int32_t max_trials) {
+  // A second worker on the same coordinator (gangs need distinct workers).
+  void StartSecondDaemon(int32_t max_trials) {
+    std::unique_ptr<WorkerDaemon> first = std::move(daemon_);
+    std::thread first_thread = std::move(thread_);
+    StartDaemon(max_trials, "/work2");
+    second_daemon_ = std::move(daemon_);
+    second_thread_ = std::move(thread_);
+    daemon_ = std::move(first);
+    thread_ = std::move(first_thread);
+  }
+  void StartDaemon(int32_t max_trials, const std::string& work = "/work") {
     CapabilityOptions capability_options;
     capability_options.max_cpu_trials = max_trials;
     absl::StatusOr<coordinator::WorkerCapabilities> caps = DetectCapabilities(capability_options);
@@ -105,7 +135,7 @@ class CoordinatorInProcessTest : public ::testing::Test {
     WorkerDaemonOptions options;
     options.connection = connection_.get();
     options.capabilities = *caps;
-    options.work_dir = dir_ + "/work";
+    options.work_dir = dir_ + work;
     options.kvscope_binary = KvscopeBinary();
     options.max_concurrent_trials = max_trials;
     options.backoff_base_seconds = 0.01;
@@ -116,7 +146,8 @@ class CoordinatorInProcessTest : public ::testing::Test {
     absl::StatusOr<std::unique_ptr<WorkerDaemon>> daemon = WorkerDaemon::Create(options);
     ASSERT_TRUE(daemon.ok()) << daemon.status();
     daemon_ = std::move(*daemon);
-    thread_ = std::thread([this] { run_status_ = daemon_->Run(); });
+    absl::Status* status = work == "/work" ? &run_status_ : &second_run_status_;
+    thread_ = std::thread([d = daemon_.get(), status] { *status = d->Run(); });
   }
   coordinator::ExperimentInfo Info(const std::string& id) {
     absl::StatusOr<coordinator::ExperimentInfo> info = coordinator_->GetExperiment(id);
@@ -131,6 +162,9 @@ class CoordinatorInProcessTest : public ::testing::Test {
   std::unique_ptr<WorkerDaemon> daemon_;
   std::thread thread_;
   absl::Status run_status_;
+  std::unique_ptr<WorkerDaemon> second_daemon_;
+  std::thread second_thread_;
+  absl::Status second_run_status_;
 };
 
 TEST_F(CoordinatorInProcessTest, RunsASweepToCompletion) {
@@ -197,6 +231,57 @@ TEST_F(CoordinatorInProcessTest, ResultReportsBringTheNextTrial) {
   for (const coordinator::TrialInfo& t : *trials) {
     EXPECT_EQ(t.attempts.size(), 1u) << t.trial_id;
   }
+}
+
+// A trial whose tensor-parallel group spans two workers: rank 0 on one daemon publishes its
+// child's address, rank 1 on the other waits for it, and the two `kvscope bench` processes
+// serve the requests together. Same tokens as the same tp in one process.
+TEST_F(CoordinatorInProcessTest, GangTrialSpansTwoWorkers) {
+  const std::string sweep =
+      "name: gang\n"
+      "model: {preset: llama-tiny}\n"
+      "memory: {kv_bytes: 4MiB}\n"
+      "workload: {num_requests: 3, input_len: 16, output_len: 4}\n"
+      "threads: 1\n"
+      "tp: 2\n"
+      "matrix:\n"
+      "  nodes: [1, 2]\n"
+      "seed: 5\n";
+  absl::StatusOr<std::string> id = coordinator_->Submit(sweep, "gang.yaml");
+  ASSERT_TRUE(id.ok()) << id.status();
+  StartDaemon(1);
+  StartSecondDaemon(1);
+  ASSERT_TRUE(
+      WaitFor([&] { return Info(*id).state != coordinator::ExperimentState::kRunning; }, 60));
+  const coordinator::ExperimentInfo info = Info(*id);
+  EXPECT_EQ(info.state, coordinator::ExperimentState::kSucceeded);
+  EXPECT_EQ(info.succeeded, 2);
+  absl::StatusOr<std::vector<coordinator::TrialResult>> results = coordinator_->Results(*id);
+  ASSERT_TRUE(results.ok()) << results.status();
+  ASSERT_EQ(results->size(), 2u);
+  // Trial order follows the axis: nodes 1, then nodes 2.
+  EXPECT_FALSE((*results)[0].result["config"].contains("nodes"));
+  EXPECT_EQ((*results)[1].result["config"]["nodes"], 2);
+  auto output_ids = [](const std::string& jsonl) {
+    std::vector<std::string> ids;
+    for (absl::string_view line : absl::StrSplit(jsonl, '\n', absl::SkipEmpty())) {
+      const nlohmann::json r = nlohmann::json::parse(line, nullptr, false);
+      ids.push_back(r.is_object() && r.contains("output_ids") ? r["output_ids"].dump() : "?");
+    }
+    return ids;
+  };
+  const std::vector<std::string> one = output_ids((*results)[0].requests_jsonl);
+  ASSERT_EQ(one.size(), 3u);
+  EXPECT_EQ(output_ids((*results)[1].requests_jsonl), one);
+  absl::StatusOr<std::vector<coordinator::TrialInfo>> trials = coordinator_->ListTrials(*id);
+  ASSERT_TRUE(trials.ok());
+  for (const coordinator::TrialInfo& t : *trials) {
+    EXPECT_EQ(t.attempts.size(), 1u) << t.trial_id;  // nothing ran twice
+  }
+  // Both workers end idle: rank 1's report released its hold.
+  EXPECT_TRUE(WaitFor([&] {
+    return daemon_->RunningAttempts().empty() && second_daemon_->RunningAttempts().empty();
+  }));
 }
 
 TEST_F(CoordinatorInProcessTest, CancelStopsTheRunningTrial) {

@@ -4,6 +4,7 @@
 
 #include <signal.h>
 
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <mutex>
@@ -191,6 +192,114 @@ TEST(TrialRunnerTest, ExitZeroWithoutResultFails) {
   EXPECT_FALSE(report.succeeded);
   EXPECT_THAT(report.error, HasSubstr("result.json"));
   EXPECT_THAT(report.error, HasSubstr("oops"));
+}
+
+// Gang rank 0: the child gets the gang flags, writes its rendezvous blob, and the runner
+// publishes it (once) while the child runs.
+TEST(TrialRunnerTest, GangRankZeroPublishesWhatTheChildListensOn) {
+  const std::string dir = FreshWorkerTestDir("gang0");
+  TrialRunnerOptions options;
+  options.poll_interval_seconds = 0.02;
+  // $8.. = --gang-rank 0 --gang-size 2 --gang-rendezvous-file F --gang-listen-host H
+  options.kvscope_binary = WriteFakeKvscope(
+      dir,
+      "echo \"$8 $9 ${10} ${11} ${12} ${14}\" > \"$7.args\"\n"
+      "echo \"tcp://${15}:4242/feed\" > \"${13}.tmp\" && mv \"${13}.tmp\" \"${13}\"\n"
+      "while [ ! -f \"$5.published\" ]; do sleep 0.01; done\n" +
+          std::string(testing::kFakeSuccess));
+  options.gang = {0, 2};
+  options.gang_listen_host = "10.1.2.3";
+  std::vector<std::string> published;
+  options.rendezvous.publish = [&](const std::string& blob) {
+    published.push_back(blob);
+    std::ofstream(dir + "/a/out.published") << "1";
+    return absl::OkStatus();
+  };
+  TrialRunner runner(options, Assignment("x: 1\n"), dir + "/a");
+  const coordinator::ResultReport report = runner.Run(nullptr);
+  ASSERT_TRUE(report.succeeded) << report.error;
+  EXPECT_TRUE(report.result.contains("summary"));
+  ASSERT_EQ(published.size(), 1u);
+  EXPECT_EQ(published[0], "tcp://10.1.2.3:4242/feed\n");
+  std::string args;
+  std::getline(std::ifstream(dir + "/a/progress.json.args"), args);
+  EXPECT_EQ(args, "--gang-rank 0 --gang-size 2 --gang-rendezvous-file --gang-listen-host");
+}
+
+// A refused publish (a stale attempt) stops rank 0's child and fails the attempt with why.
+TEST(TrialRunnerTest, GangRefusedPublishStopsTheChild) {
+  const std::string dir = FreshWorkerTestDir("gang0_refused");
+  TrialRunnerOptions options;
+  options.poll_interval_seconds = 0.02;
+  options.stop_grace_seconds = 0.2;
+  options.kvscope_binary = WriteFakeKvscope(
+      dir, "echo blob > \"${13}.tmp\" && mv \"${13}.tmp\" \"${13}\"\nsleep 60\n");
+  options.gang = {0, 3};
+  options.rendezvous.publish = [](const std::string&) {
+    return absl::FailedPreconditionError("stale attempt 7");
+  };
+  TrialRunner runner(options, Assignment("x: 1\n"), dir + "/a");
+  const auto start = std::chrono::steady_clock::now();
+  const coordinator::ResultReport report = runner.Run(nullptr);
+  EXPECT_FALSE(report.succeeded);
+  EXPECT_THAT(report.error, HasSubstr("could not publish"));
+  EXPECT_THAT(report.error, HasSubstr("stale attempt 7"));
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(30));
+}
+
+// Gang rank > 0: the runner waits for rank 0's blob, hands it to the child in the
+// rendezvous file, and reports a clean exit as success without a result of its own.
+TEST(TrialRunnerTest, GangFollowerGetsTheBlobAndReportsNoResult) {
+  const std::string dir = FreshWorkerTestDir("gang1");
+  TrialRunnerOptions options;
+  options.poll_interval_seconds = 0.02;
+  options.kvscope_binary = WriteFakeKvscope(
+      dir, "[ \"$9\" = 1 ] && [ \"${11}\" = 2 ] && [ $# -eq 13 ] && "
+           "[ \"$(cat \"${13}\")\" = \"tcp://h:1/ab\" ] || exit 3\nexit 0\n");
+  options.gang = {1, 2};
+  int awaited = 0;
+  options.rendezvous.await = [&](const std::function<bool()>& stopped) {
+    ++awaited;
+    EXPECT_FALSE(stopped());
+    return absl::StatusOr<std::string>("tcp://h:1/ab");
+  };
+  TrialRunner runner(options, Assignment("x: 1\n"), dir + "/a");
+  const coordinator::ResultReport report = runner.Run(nullptr);
+  ASSERT_TRUE(report.succeeded) << report.error;
+  EXPECT_EQ(awaited, 1);
+  EXPECT_TRUE(report.result.is_null()) << report.result.dump();
+  EXPECT_TRUE(report.requests_jsonl.empty());
+}
+
+// A follower whose rendezvous fails, or that is stopped while waiting, never starts.
+TEST(TrialRunnerTest, GangFollowerThatCannotMeetRankZeroNeverStarts) {
+  const std::string dir = FreshWorkerTestDir("gang1_fail");
+  TrialRunnerOptions options;
+  options.poll_interval_seconds = 0.02;
+  options.kvscope_binary = WriteFakeKvscope(dir, "exit 0\n");
+  options.gang = {2, 3};
+  options.rendezvous.await = [](const std::function<bool()>&) {
+    return absl::StatusOr<std::string>(absl::AbortedError("attempt 7 ended"));
+  };
+  TrialRunner failed(options, Assignment("x: 1\n"), dir + "/a");
+  const coordinator::ResultReport report = failed.Run(nullptr);
+  EXPECT_FALSE(report.succeeded);
+  EXPECT_THAT(report.error, HasSubstr("rank 2 of 3 could not meet rank 0: attempt 7 ended"));
+  EXPECT_FALSE(std::filesystem::exists(dir + "/a/stdout.log"));
+
+  options.rendezvous.await = [](const std::function<bool()>& stopped) {
+    while (!stopped()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    return absl::StatusOr<std::string>(absl::CancelledError("stopped while waiting"));
+  };
+  TrialRunner waiting(options, Assignment("x: 1\n"), dir + "/b");
+  coordinator::ResultReport stopped_report;
+  std::thread thread([&] { stopped_report = waiting.Run(nullptr); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  waiting.Stop();
+  thread.join();
+  EXPECT_FALSE(stopped_report.succeeded);
+  EXPECT_THAT(stopped_report.error, HasSubstr("stopped while waiting"));
+  EXPECT_FALSE(std::filesystem::exists(dir + "/b/stdout.log"));
 }
 
 TEST(TrialRunnerTest, ParsesProgress) {
