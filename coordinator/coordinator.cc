@@ -398,6 +398,9 @@ class Coordinator::Impl {
   // Called with mu_ held before anything reads them.
   void FoldHeartbeats();
   absl::Status StaleError(int64_t attempt_id);
+  // FailedPrecondition unless `lease` is a gang's and `gang_id` names it (rendezvous calls).
+  static absl::Status CheckGang(const Lease& lease, int64_t attempt_id,
+                                const std::string& gang_id);
   ExperimentInfo MakeInfo(const Experiment& e) const;
   static ExperimentState Derive(const Experiment& e);
   bool Fits(const Worker& w, const TrialRequirements& r, const std::vector<bool>& gpu_busy,
@@ -1478,6 +1481,19 @@ absl::StatusOr<std::vector<TrialAssignment>> Coordinator::Impl::AcquireTrialsLoc
   return out;
 }
 
+absl::Status Coordinator::Impl::CheckGang(const Lease& lease, int64_t attempt_id,
+                                          const std::string& gang_id) {
+  if (!lease.gang()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("attempt ", attempt_id, " is not a gang; it has no rendezvous"));
+  }
+  if (gang_id != lease.gang_id) {
+    return absl::FailedPreconditionError(absl::StrCat("stale gang ", gang_id, ": attempt ",
+                                                      attempt_id, " is gang ", lease.gang_id));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Coordinator::Impl::StaleError(int64_t attempt_id) {
   KVSCOPE_ASSIGN_OR_RETURN(std::optional<AttemptRow> row, store_->GetAttempt(attempt_id));
   if (!row) return absl::NotFoundError(absl::StrCat("unknown attempt ", attempt_id));
@@ -1761,14 +1777,7 @@ absl::Status Coordinator::Impl::PublishRendezvous(const std::string& worker_id,
   auto it = leases_.find(attempt_id);
   if (it == leases_.end()) return StaleError(attempt_id);
   const Lease& lease = it->second;
-  if (!lease.gang()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("attempt ", attempt_id, " is not a gang; it has no rendezvous"));
-  }
-  if (gang_id != lease.gang_id) {
-    return absl::FailedPreconditionError(absl::StrCat("stale gang ", gang_id, ": attempt ",
-                                                      attempt_id, " is gang ", lease.gang_id));
-  }
+  KVSCOPE_RETURN_IF_ERROR(CheckGang(lease, attempt_id, gang_id));
   if (lease.worker_id() != worker_id) {
     return absl::FailedPreconditionError(
         absl::StrCat("only rank 0 of gang ", gang_id, " (worker ", lease.worker_id(),
@@ -1840,14 +1849,7 @@ absl::StatusOr<std::optional<Rendezvous>> Coordinator::Impl::AwaitCheckLocked(
         "; stop this rank"));
   }
   const Lease& lease = it->second;
-  if (!lease.gang()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("attempt ", attempt_id, " is not a gang; it has no rendezvous"));
-  }
-  if (gang_id != lease.gang_id) {
-    return absl::FailedPreconditionError(absl::StrCat("stale gang ", gang_id, ": attempt ",
-                                                      attempt_id, " is gang ", lease.gang_id));
-  }
+  KVSCOPE_RETURN_IF_ERROR(CheckGang(lease, attempt_id, gang_id));
   if (rank < 0 || static_cast<size_t>(rank) >= lease.ranks.size() ||
       lease.ranks[static_cast<size_t>(rank)].worker_id != worker_id) {
     return absl::FailedPreconditionError(absl::StrCat("worker ", worker_id, " is not rank ", rank,

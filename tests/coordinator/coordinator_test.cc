@@ -23,9 +23,15 @@
 #include "common/clock.h"
 #include "coordinator/store.h"
 #include "gtest/gtest.h"
+#include "tests/coordinator/coordinator_test_util.h"
 
 namespace kvscope::coordinator {
 namespace {
+
+using testing::CpuWorker;
+using testing::Failure;
+using testing::GpuWorker;
+using testing::Success;
 
 constexpr double kLease = 30;
 
@@ -57,97 +63,9 @@ Sweep MakeSweep(int n, const TrialRequirements& requirements, int32_t max_attemp
   return sweep;
 }
 
-WorkerCapabilities CpuWorker(int32_t max_cpu_trials = 1) {
-  WorkerCapabilities c;
-  c.hostname = "cpu-host";
-  c.cpu_cores = 16;
-  c.backends = {"cpu"};
-  c.max_cpu_trials = max_cpu_trials;
-  return c;
-}
-
-WorkerCapabilities GpuWorker(int n, int64_t memory_bytes = int64_t{80} << 30) {
-  WorkerCapabilities c;
-  c.hostname = "gpu-host";
-  c.cpu_cores = 64;
-  c.backends = {"cpu", "cuda"};
-  for (int i = 0; i < n; ++i) {
-    GpuInfo g;
-    g.index = i;
-    g.name = "H100";
-    g.memory_bytes = memory_bytes;
-    c.gpus.push_back(g);
-  }
-  return c;
-}
-
-ResultReport Success(int value = 1) {
-  ResultReport r;
-  r.succeeded = true;
-  r.result = {{"summary", {{"throughput", value}}}};
-  r.requests_jsonl = "{\"id\":0}\n";
-  return r;
-}
-
-ResultReport Failure(const std::string& why) {
-  ResultReport r;
-  r.succeeded = false;
-  r.error = why;
-  return r;
-}
-
-class CoordinatorTest : public ::testing::Test {
+class CoordinatorTest : public testing::CoordinatorFixture {
  protected:
-  void SetUp() override {
-    std::string templ = ::testing::TempDir() + "/kvscope_coord_XXXXXX";
-    dir_ = mkdtemp(templ.data());
-    path_ = dir_ + "/coordinator.db";
-    Open();
-  }
-  void TearDown() override {
-    coordinator_.reset();
-    store_.reset();
-    std::filesystem::remove_all(dir_);
-  }
-  // (Re)opens store and coordinator on the same file, as a restarted process does.
-  void Open(const StoreOptions& store_options = {}) {
-    coordinator_.reset();
-    store_.reset();
-    auto store = Store::Open(path_, store_options);
-    ASSERT_TRUE(store.ok()) << store.status();
-    store_ = std::move(*store);
-    CoordinatorOptions options;
-    options.lease_seconds = kLease;
-    auto coordinator = Coordinator::Create(store_.get(), &clock_, options);
-    ASSERT_TRUE(coordinator.ok()) << coordinator.status();
-    coordinator_ = std::move(*coordinator);
-  }
-  std::string Submit(const Sweep& sweep) {
-    auto id = coordinator_->SubmitParsed(sweep, "name: test\n", "test.yaml");
-    EXPECT_TRUE(id.ok()) << id.status();
-    return id.ok() ? *id : "";
-  }
-  std::string Register(const WorkerCapabilities& caps) {
-    auto id = coordinator_->RegisterWorker(caps, "");
-    EXPECT_TRUE(id.ok()) << id.status();
-    return id.ok() ? *id : "";
-  }
-  std::vector<TrialAssignment> Acquire(const std::string& worker, int32_t n) {
-    auto a = coordinator_->AcquireTrials(worker, n);
-    EXPECT_TRUE(a.ok()) << a.status();
-    return a.ok() ? *a : std::vector<TrialAssignment>();
-  }
-  ExperimentInfo Info(const std::string& id) {
-    auto info = coordinator_->GetExperiment(id);
-    EXPECT_TRUE(info.ok()) << info.status();
-    return info.ok() ? *info : ExperimentInfo();
-  }
-  TrialInfo Trial(const std::string& experiment, size_t index) {
-    auto trials = coordinator_->ListTrials(experiment);
-    EXPECT_TRUE(trials.ok()) << trials.status();
-    if (!trials.ok() || trials->size() <= index) return TrialInfo();
-    return (*trials)[index];
-  }
+  CoordinatorTest() { options_.lease_seconds = kLease; }
   std::vector<std::string> EventKinds(const std::string& experiment) {
     std::vector<std::string> kinds;
     auto events = store_->ListEvents(experiment);
@@ -157,10 +75,6 @@ class CoordinatorTest : public ::testing::Test {
     return kinds;
   }
 
-  std::string dir_, path_;
-  FakeClock clock_{1'000'000'000};
-  std::unique_ptr<Store> store_;
-  std::unique_ptr<Coordinator> coordinator_;
 };
 
 TEST(StateNamesTest, RoundTrip) {

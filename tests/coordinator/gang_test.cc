@@ -21,11 +21,16 @@
 #include "coordinator/store.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/coordinator/coordinator_test_util.h"
 
 namespace kvscope::coordinator {
 namespace {
 
 using ::testing::HasSubstr;
+using testing::CpuWorker;
+using testing::Failure;
+using testing::GpuWorker;
+using testing::Success;
 
 constexpr double kLease = 30;
 constexpr double kRendezvousWait = 10;
@@ -62,38 +67,6 @@ Sweep MakeSweep(const std::vector<TrialRequirements>& requirements, int32_t max_
   return sweep;
 }
 
-WorkerCapabilities CpuWorker(int32_t max_cpu_trials = 1) {
-  WorkerCapabilities c;
-  c.hostname = "cpu-host";
-  c.cpu_cores = 16;
-  c.backends = {"cpu"};
-  c.max_cpu_trials = max_cpu_trials;
-  return c;
-}
-
-WorkerCapabilities GpuWorker(int n) {
-  WorkerCapabilities c;
-  c.hostname = "gpu-host";
-  c.cpu_cores = 64;
-  c.backends = {"cpu", "cuda"};
-  for (int i = 0; i < n; ++i) {
-    GpuInfo g;
-    g.index = i;
-    g.name = "H100";
-    g.memory_bytes = int64_t{80} << 30;
-    c.gpus.push_back(g);
-  }
-  return c;
-}
-
-ResultReport Success() {
-  ResultReport r;
-  r.succeeded = true;
-  r.result = {{"summary", {{"throughput", 1}}}};
-  r.requests_jsonl = "{\"id\":0}\n";
-  return r;
-}
-
 // What a rank > 0 reports when its follower process exited 0: no result.
 ResultReport FollowerDone() {
   ResultReport r;
@@ -101,64 +74,16 @@ ResultReport FollowerDone() {
   return r;
 }
 
-ResultReport Failure(const std::string& why) {
-  ResultReport r;
-  r.error = why;
-  return r;
-}
-
-class GangTest : public ::testing::Test {
+class GangTest : public testing::CoordinatorFixture {
  protected:
-  void SetUp() override {
-    std::string templ = ::testing::TempDir() + "/kvscope_gang_XXXXXX";
-    ASSERT_NE(mkdtemp(templ.data()), nullptr);
-    dir_ = templ;
-    Open();
-  }
-  void TearDown() override {
-    coordinator_.reset();
-    store_.reset();
-    std::filesystem::remove_all(dir_);
-  }
-  // (Re)opens store and coordinator on the same file, as a restarted process does.
-  void Open(const StoreOptions& store_options = {}) {
-    coordinator_.reset();
-    store_.reset();
-    auto store = Store::Open(dir_ + "/coordinator.db", store_options);
-    ASSERT_TRUE(store.ok()) << store.status();
-    store_ = *std::move(store);
-    CoordinatorOptions options;
-    options.lease_seconds = kLease;
-    options.rendezvous_wait_seconds = kRendezvousWait;
-    auto coordinator = Coordinator::Create(store_.get(), &clock_, options);
-    ASSERT_TRUE(coordinator.ok()) << coordinator.status();
-    coordinator_ = *std::move(coordinator);
-  }
-  std::string Submit(const Sweep& sweep) {
-    auto id = coordinator_->SubmitParsed(sweep, "name: gang\n", "gang.yaml");
-    EXPECT_TRUE(id.ok()) << id.status();
-    return id.ok() ? *id : "";
-  }
-  std::string Register(const WorkerCapabilities& caps) {
-    auto id = coordinator_->RegisterWorker(caps, "");
-    EXPECT_TRUE(id.ok()) << id.status();
-    return id.ok() ? *id : "";
-  }
-  std::vector<TrialAssignment> Acquire(const std::string& worker, int32_t n) {
-    auto a = coordinator_->AcquireTrials(worker, n);
-    EXPECT_TRUE(a.ok()) << a.status();
-    return a.ok() ? *a : std::vector<TrialAssignment>();
+  GangTest() {
+    options_.lease_seconds = kLease;
+    options_.rendezvous_wait_seconds = kRendezvousWait;
   }
   std::vector<int64_t> Beat(const std::string& worker, std::vector<int64_t> attempts) {
     auto hb = coordinator_->Heartbeat(worker, attempts);
     EXPECT_TRUE(hb.ok()) << hb.status();
     return hb.ok() ? hb->stop_attempts : std::vector<int64_t>();
-  }
-  TrialInfo Trial(const std::string& experiment, size_t index) {
-    auto trials = coordinator_->ListTrials(experiment);
-    EXPECT_TRUE(trials.ok()) << trials.status();
-    if (!trials.ok() || trials->size() <= index) return TrialInfo();
-    return (*trials)[index];
   }
   // Places a two-rank CPU gang on two fresh workers (rank 0 on w1, rank 1 on w2) and
   // hands rank 1 to w2. Returns {rank 0, rank 1}.
@@ -177,10 +102,6 @@ class GangTest : public ::testing::Test {
     return {a[0], b[0]};
   }
 
-  std::string dir_;
-  FakeClock clock_{1'000'000'000};
-  std::unique_ptr<Store> store_;
-  std::unique_ptr<Coordinator> coordinator_;
 };
 
 TEST_F(GangTest, PlacedAllOrNothingOnDistinctWorkersAndRankOneDeliveredToItsWorker) {
