@@ -365,24 +365,40 @@ absl::StatusOr<int> Run(engine::BenchConfig c, const BenchFlags& f) {
 #endif
   if (c.backend == "cuda") {
 #if KVSCOPE_WITH_CUDA
-    engine::cuda::GpuEngineOptions g;
-    g.tp_size = c.tp;
-    KVSCOPE_ASSIGN_OR_RETURN(
-        g.shard.dtype,
-        ParseDType(c.gpu_dtype == "f32" ? "F32" : c.gpu_dtype == "fp16" ? "F16" : "BF16"));
-    g.shard.cuda_graphs = c.cuda_graphs;
-    for (int r = 0; r < c.tp; ++r) g.devices.push_back(r);
-    g.comm = c.tp > 1 ? engine::cuda::GpuCommKind::kNccl : engine::cuda::GpuCommKind::kHostStaged;
-    g.kv_factory = [manager](const kvcache::KvShape&, int rank) {
-      return manager->CreateRankCache(rank);
-    };
-    KVSCOPE_ASSIGN_OR_RETURN(gpu, engine::cuda::GpuEngine::Create(model.weights, g));
-    engine::cuda::GpuEngine* gpu_engine = gpu.get();
-    forward = [gpu_engine](absl::Span<const engine::SeqInput> batch,
-                           const kvcache::StepPlan& plan) -> absl::StatusOr<engine::ForwardOutput> {
-      KVSCOPE_RETURN_IF_ERROR(gpu_engine->ApplyPlan(plan));
-      return gpu_engine->Forward(batch);
-    };
+    if (gang_driver) {
+      // A GPU gang: this process runs ranks [0, tp / nodes); the data plane (NCCL or
+      // host-staged over the gang's TCP communicators) is agreed with the followers.
+      std::printf("kvscope bench: gang driver waiting for %d follower process(es)\n",
+                  c.nodes - 1);
+      std::fflush(stdout);
+      KVSCOPE_ASSIGN_OR_RETURN(
+          engine::GangMembership membership,
+          gang_session->Gather(GangFingerprint(c, serving_context), gang_deadline,
+                               engine::TcpCommOptions{}));
+      KVSCOPE_ASSIGN_OR_RETURN(gpu, CreateGpuGangEngine(c, LayoutOf(f.gang, c), &membership,
+                                                        model.weights, manager,
+                                                        f.gang.timeout_s));
+      gang = std::make_unique<engine::GangDriver>(gpu.get(), recording,
+                                                  std::move(membership.followers),
+                                                  engine::GangDriverOptions{});
+      engine::GangDriver* driver = gang.get();
+      forward = [driver](absl::Span<const engine::SeqInput> batch,
+                         const kvcache::StepPlan& plan) { return driver->Forward(batch, &plan); };
+    } else {
+      KVSCOPE_ASSIGN_OR_RETURN(engine::cuda::GpuEngineOptions g,
+                               GpuEngineOptionsFor(c, manager));
+      for (int r = 0; r < c.tp; ++r) g.devices.push_back(r);
+      g.comm =
+          c.tp > 1 ? engine::cuda::GpuCommKind::kNccl : engine::cuda::GpuCommKind::kHostStaged;
+      KVSCOPE_ASSIGN_OR_RETURN(gpu, engine::cuda::GpuEngine::Create(model.weights, g));
+      engine::cuda::GpuEngine* gpu_engine = gpu.get();
+      forward = [gpu_engine](absl::Span<const engine::SeqInput> batch,
+                             const kvcache::StepPlan& plan)
+          -> absl::StatusOr<engine::ForwardOutput> {
+        KVSCOPE_RETURN_IF_ERROR(gpu_engine->ApplyPlan(plan));
+        return gpu_engine->Forward(batch);
+      };
+    }
     for (const engine::cuda::GpuMemoryReport& m : gpu->MemoryReports()) {
       std::printf("kvscope bench: GPU %s\n", m.Describe().c_str());
     }

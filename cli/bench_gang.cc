@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "engine/engine.h"
+#include "engine/gang_data_plane.h"
 #include "engine/gang_follower.h"
 #include "kvcache/registry.h"
 #include "nlohmann/json.hpp"
@@ -66,6 +67,73 @@ std::string GangFingerprint(const engine::BenchConfig& c,
   return j.dump();
 }
 
+#if KVSCOPE_WITH_CUDA
+absl::StatusOr<engine::cuda::GpuEngineOptions> GpuEngineOptionsFor(
+    const engine::BenchConfig& c, kvcache::KvManager* manager) {
+  engine::cuda::GpuEngineOptions g;
+  g.tp_size = c.tp;
+  KVSCOPE_ASSIGN_OR_RETURN(
+      g.shard.dtype,
+      ParseDType(c.gpu_dtype == "f32" ? "F32" : c.gpu_dtype == "fp16" ? "F16" : "BF16"));
+  g.shard.cuda_graphs = c.cuda_graphs;
+  g.kv_factory = [manager](const kvcache::KvShape&, int rank) {
+    return manager->CreateRankCache(rank);
+  };
+  return g;
+}
+
+absl::StatusOr<std::unique_ptr<engine::cuda::GpuEngine>> CreateGpuGangEngine(
+    const engine::BenchConfig& c, const engine::GangLayout& layout,
+    engine::GangMembership* membership, std::shared_ptr<const engine::ModelWeights> weights,
+    kvcache::KvManager* manager, double timeout_s) {
+  KVSCOPE_ASSIGN_OR_RETURN(engine::cuda::GpuEngineOptions g, GpuEngineOptionsFor(c, manager));
+  const int k = layout.ranks_per_process();
+  g.first_rank = layout.first_rank();
+  g.local_ranks = k;
+  KVSCOPE_ASSIGN_OR_RETURN(const int visible, engine::cuda::VisibleGpuCount());
+  if (visible < 1) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "gang process ", layout.process, ": backend: cuda, but no CUDA device is visible "
+        "(CUDA_VISIBLE_DEVICES)"));
+  }
+  std::vector<std::string> gpus;
+  for (int i = 0; i < k; ++i) {
+    g.devices.push_back(i % visible);
+    KVSCOPE_ASSIGN_OR_RETURN(std::string id, engine::cuda::GpuIdentity(g.devices.back()));
+    gpus.push_back(std::move(id));
+  }
+  engine::GangDataPlaneChoice plane;
+  if (layout.process == 0) {
+    KVSCOPE_ASSIGN_OR_RETURN(plane, engine::NegotiateGangDataPlane(
+                                        membership->followers, gpus, k,
+                                        [] { return engine::cuda::NewNcclUniqueId(); },
+                                        timeout_s));
+  } else {
+    KVSCOPE_ASSIGN_OR_RETURN(plane,
+                             engine::JoinGangDataPlane(*membership->driver, gpus, timeout_s));
+  }
+  if (plane.plane == engine::GangDataPlane::kNccl) {
+    g.comm = engine::cuda::GpuCommKind::kNccl;
+    g.nccl_unique_id = plane.nccl_unique_id;
+    // The TCP communicators stay unused (NCCL carries the collectives); they close with
+    // the membership.
+  } else {
+    g.comm = engine::cuda::GpuCommKind::kHostStaged;
+    std::vector<std::unique_ptr<engine::Communicator>>* comms = &membership->comms;
+    const int first = layout.first_rank();
+    g.comm_factory = [comms, first](int rank)
+        -> absl::StatusOr<std::unique_ptr<engine::Communicator>> {
+      return std::move((*comms)[rank - first]);
+    };
+  }
+  std::printf("kvscope bench: gang process %d, GPU ranks %d-%d, data plane %s\n",
+              layout.process, layout.first_rank(), layout.first_rank() + k - 1,
+              std::string(engine::GangDataPlaneName(plane.plane)).c_str());
+  std::fflush(stdout);
+  return engine::cuda::GpuEngine::Create(std::move(weights), g);
+}
+#endif
+
 absl::StatusOr<int> RunGangFollowerProcess(const GangFlags& gang, const engine::BenchConfig& c,
                                            std::shared_ptr<const engine::ModelWeights> weights,
                                            const kvcache::KvManagerContext& context) {
@@ -89,22 +157,33 @@ absl::StatusOr<int> RunGangFollowerProcess(const GangFlags& gang, const engine::
       engine::GangMembership membership,
       engine::JoinGang(layout, blob, GangFingerprint(c, context),
                        engine::DeadlineIn(gang.timeout_s), comm_options));
-  engine::EngineOptions options;
-  options.tp_size = c.tp;
-  options.num_threads = c.threads;
-  options.first_rank = layout.first_rank();
-  options.local_ranks = layout.ranks_per_process();
   kvcache::KvManager* manager = replica.get();
-  options.kv_factory = [manager](const kvcache::KvShape&, int rank) {
-    return manager->CreateRankCache(rank);
-  };
-  std::vector<std::unique_ptr<engine::Communicator>>* comms = &membership.comms;
-  options.comm_factory = [comms, &layout](int rank)
-      -> absl::StatusOr<std::unique_ptr<engine::Communicator>> {
-    return std::move((*comms)[rank - layout.first_rank()]);
-  };
-  KVSCOPE_ASSIGN_OR_RETURN(std::unique_ptr<engine::Engine> eng,
-                           engine::Engine::Create(std::move(weights), options));
+  std::unique_ptr<engine::GangEngine> eng;
+  if (c.backend == "cuda") {
+#if KVSCOPE_WITH_CUDA
+    KVSCOPE_ASSIGN_OR_RETURN(eng, CreateGpuGangEngine(c, layout, &membership, std::move(weights),
+                                                      manager, gang.timeout_s));
+#else
+    return absl::FailedPreconditionError(
+        "backend: cuda, but this kvscope was built without CUDA (configure with "
+        "-DKVSCOPE_CUDA=ON)");
+#endif
+  } else {
+    engine::EngineOptions options;
+    options.tp_size = c.tp;
+    options.num_threads = c.threads;
+    options.first_rank = layout.first_rank();
+    options.local_ranks = layout.ranks_per_process();
+    options.kv_factory = [manager](const kvcache::KvShape&, int rank) {
+      return manager->CreateRankCache(rank);
+    };
+    std::vector<std::unique_ptr<engine::Communicator>>* comms = &membership.comms;
+    options.comm_factory = [comms, &layout](int rank)
+        -> absl::StatusOr<std::unique_ptr<engine::Communicator>> {
+      return std::move((*comms)[rank - layout.first_rank()]);
+    };
+    KVSCOPE_ASSIGN_OR_RETURN(eng, engine::Engine::Create(std::move(weights), options));
+  }
   const int last = layout.first_rank() + layout.ranks_per_process() - 1;
   std::printf("kvscope bench: gang follower %d of %d, ranks %d-%d of tp=%d, joined\n",
               layout.process, layout.nodes, layout.first_rank(), last, c.tp);

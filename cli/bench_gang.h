@@ -18,6 +18,10 @@
 #include "engine/weights.h"
 #include "kvcache/kv_manager.h"
 
+#if KVSCOPE_WITH_CUDA
+#include "engine/cuda/gpu_engine.h"
+#endif
+
 namespace kvscope::cli {
 
 struct GangFlags {
@@ -42,6 +46,25 @@ engine::GangLayout LayoutOf(const GangFlags& gang, const engine::BenchConfig& co
 // followers must agree on it.
 std::string GangFingerprint(const engine::BenchConfig& config,
                             const kvcache::KvManagerContext& context);
+
+#if KVSCOPE_WITH_CUDA
+// The GPU engine options of `c` for one process: dtype, CUDA graphs, rank caches from
+// `manager`. The caller sets the ranks, devices and communicator.
+absl::StatusOr<engine::cuda::GpuEngineOptions> GpuEngineOptionsFor(
+    const engine::BenchConfig& c, kvcache::KvManager* manager);
+
+// This process's GPU engine in a gang (backend: cuda, nodes > 1), on every process after
+// joining and before the first step: local rank i runs on visible device i mod (visible
+// devices) (the worker sets CUDA_VISIBLE_DEVICES to the process's GPUs); the processes
+// agree on the data plane (engine/gang_data_plane.h: the driver with
+// membership->followers, a follower with membership->driver, each waiting at most
+// `timeout_s`): NCCL when every rank of the gang has a GPU of its own, else host-staged
+// over membership->comms (taken). Prints the choice.
+absl::StatusOr<std::unique_ptr<engine::cuda::GpuEngine>> CreateGpuGangEngine(
+    const engine::BenchConfig& c, const engine::GangLayout& layout,
+    engine::GangMembership* membership, std::shared_ptr<const engine::ModelWeights> weights,
+    kvcache::KvManager* manager, double timeout_s);
+#endif
 
 // A follower's whole run: reads the rendezvous file, joins, builds its ranks and the
 // replica KV manager, and executes the driver's steps. Returns the exit code (0 when the

@@ -78,8 +78,7 @@ absl::Status ParseBenchConfigYaml(const std::string& yaml_text, const std::strin
 absl::Status ValidateBenchConfig(const BenchConfig& config);
 
 // OK if this binary can run `config` (FailedPrecondition for `backend: cuda` in a build
-// without CUDA, saying how to fix it; Unimplemented for `backend: cuda` with nodes > 1, which
-// runs on the cpu backend only). Separate from ValidateBenchConfig because a
+// without CUDA, saying how to fix it; gangs, nodes > 1, run on either backend). Separate from ValidateBenchConfig because a
 // coordinator built without CUDA still validates sweeps whose trials run on GPU workers.
 absl::Status CheckBenchConfigRunnable(const BenchConfig& config);
 

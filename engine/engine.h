@@ -20,6 +20,7 @@
 
 #include "absl/status/statusor.h"
 #include "engine/communicator.h"
+#include "engine/gang_engine.h"
 #include "engine/model.h"
 #include "kvcache/kv_cache.h"
 
@@ -42,30 +43,33 @@ struct EngineOptions {
   std::function<absl::StatusOr<std::unique_ptr<Communicator>>(int rank)> comm_factory;
 };
 
-class Engine {
+class Engine final : public GangEngine {
  public:
   // InvalidArgument (listing the sizes that work) when tp_size cannot split the model.
   static absl::StatusOr<std::unique_ptr<Engine>> Create(std::shared_ptr<const ModelWeights> weights,
                                                         const EngineOptions& options);
-  ~Engine();
+  ~Engine() override;
 
   // One step over the batch. Validates the input first (InvalidArgument naming the sequence,
   // position and id for a token outside the vocabulary, OutOfRange for positions beyond the
   // model's context) so that a bad request never reaches the ranks. After a failure inside
   // the ranks the engine refuses further steps (FailedPrecondition): its caches may disagree.
-  absl::StatusOr<ForwardOutput> Forward(absl::Span<const SeqInput> batch);
+  absl::StatusOr<ForwardOutput> Forward(absl::Span<const SeqInput> batch) override;
+
+  // The CPU caches move their own blocks: nothing to mirror (OK).
+  absl::Status ApplyPlan(const kvcache::StepPlan&) override { return absl::OkStatus(); }
 
   // Frees the sequence's KV on every local rank.
-  void Release(int64_t seq_id);
+  void Release(int64_t seq_id) override;
 
   // Aborts every local rank's communicator, so that ranks of other processes blocked in a
   // collective with them fail instead of waiting (a gang member that cannot run a step).
-  void AbortCollectives();
+  void AbortCollectives() override;
 
-  const ModelConfig& config() const { return weights_->config; }
+  const ModelConfig& config() const override { return weights_->config; }
   int tp_size() const { return options_.tp_size; }
-  int first_rank() const { return options_.first_rank; }
-  int local_ranks() const { return options_.local_ranks; }
+  int first_rank() const override { return options_.first_rank; }
+  int local_ranks() const override { return options_.local_ranks; }
   // The cache of global rank `rank`, which must be local.
   kvcache::KvCache& kv_cache(int rank) { return *caches_[rank - options_.first_rank]; }
 

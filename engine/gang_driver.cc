@@ -16,7 +16,7 @@ bool IsEcho(const absl::Status& status) {
 
 }  // namespace
 
-GangDriver::GangDriver(Engine* engine, RecordingKvManager* kv,
+GangDriver::GangDriver(GangEngine* engine, RecordingKvManager* kv,
                        std::vector<std::unique_ptr<GangChannel>> followers,
                        const GangDriverOptions& options)
     : engine_(engine), kv_(kv), followers_(std::move(followers)), options_(options) {}
@@ -34,7 +34,8 @@ absl::Status GangDriver::Fail(absl::Status status) {
   return status;
 }
 
-absl::StatusOr<ForwardOutput> GangDriver::Forward(absl::Span<const SeqInput> batch) {
+absl::StatusOr<ForwardOutput> GangDriver::Forward(absl::Span<const SeqInput> batch,
+                                                  const kvcache::StepPlan* plan) {
   if (failed_) {
     return absl::FailedPreconditionError(
         "gang stopped after an earlier failure; the run cannot continue");
@@ -49,7 +50,15 @@ absl::StatusOr<ForwardOutput> GangDriver::Forward(absl::Span<const SeqInput> bat
           absl::StrCat("gang: ", Describe(i), " went away: ", sent.message())));
     }
   }
-  absl::StatusOr<ForwardOutput> out = engine_->Forward(batch);
+  absl::StatusOr<ForwardOutput> out = absl::UnknownError("step not run");
+  const absl::Status applied = plan != nullptr ? engine_->ApplyPlan(*plan) : absl::OkStatus();
+  if (applied.ok()) {
+    out = engine_->Forward(batch);
+  } else {
+    // The followers' ranks are (or will be) waiting in the step's first collective.
+    engine_->AbortCollectives();
+    out = applied;
+  }
   // Every follower answers the step, also when it failed. One failure shows up everywhere
   // (the others' collectives end as aborted or closed), so report the most telling one:
   // a follower gone silent, then a real error (neither aborted nor unavailable) here, then

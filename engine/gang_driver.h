@@ -20,8 +20,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "engine/engine.h"
 #include "engine/gang_channel.h"
+#include "engine/gang_engine.h"
 #include "engine/recording_kv_manager.h"
 
 namespace kvscope::engine {
@@ -34,14 +34,19 @@ struct GangDriverOptions {
 class GangDriver {
  public:
   // followers[i] is the channel to process i + 1, which runs ranks
-  // [(i + 1) * k, (i + 2) * k), k = engine->local_ranks(). `engine` runs ranks [0, k) with
-  // caches from `kv`'s inner manager; both must outlive the driver.
-  GangDriver(Engine* engine, RecordingKvManager* kv,
+  // [(i + 1) * k, (i + 2) * k), k = engine->local_ranks(). `engine` (the CPU or the GPU
+  // engine) runs ranks [0, k) with caches from `kv`'s inner manager; both must outlive the
+  // driver.
+  GangDriver(GangEngine* engine, RecordingKvManager* kv,
              std::vector<std::unique_ptr<GangChannel>> followers,
              const GangDriverOptions& options);
 
   // One step on every rank of the gang; rank 0's logits. Same contract as Engine::Forward.
-  absl::StatusOr<ForwardOutput> Forward(absl::Span<const SeqInput> batch);
+  // `plan` (the step's KvManager::Plan result, or null) has its block transfers mirrored
+  // on this process's ranks first (GangEngine::ApplyPlan); followers mirror the plan their
+  // replica computes from the same calls.
+  absl::StatusOr<ForwardOutput> Forward(absl::Span<const SeqInput> batch,
+                                        const kvcache::StepPlan* plan = nullptr);
   // Engine::Release on every rank of the gang.
   absl::Status Release(int64_t seq_id);
   // Tells every follower that the run is over (they exit 0). Call once, after the last step.
@@ -52,7 +57,7 @@ class GangDriver {
   std::string Describe(size_t follower) const;
   absl::Status Fail(absl::Status status);
 
-  Engine* engine_;
+  GangEngine* engine_;
   RecordingKvManager* kv_;
   std::vector<std::unique_ptr<GangChannel>> followers_;
   GangDriverOptions options_;

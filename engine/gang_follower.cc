@@ -11,19 +11,22 @@ namespace kvscope::engine {
 namespace {
 
 // Runs one kStep frame on this process's ranks.
-absl::Status RunStep(const std::string& frame, kvcache::KvManager& replica, Engine& engine) {
+absl::Status RunStep(const std::string& frame, kvcache::KvManager& replica,
+                     GangEngine& engine) {
   std::vector<KvOp> ops;
   OwnedBatch batch;
+  const kvcache::StepPlan* plan = nullptr;
   absl::Status status = DecodeStep(frame, &ops, &batch);
-  if (status.ok()) status = ReplayKvOps(ops, replica);
+  if (status.ok()) status = ReplayKvOps(ops, replica, &plan);
+  if (status.ok() && plan != nullptr) status = engine.ApplyPlan(*plan);
   if (status.ok()) status = engine.Forward(batch.Inputs()).status();
   return status;
 }
 
 }  // namespace
 
-absl::Status RunGangFollower(GangChannel& driver, kvcache::KvManager& replica, Engine& engine,
-                             GangFollowerStats* stats) {
+absl::Status RunGangFollower(GangChannel& driver, kvcache::KvManager& replica,
+                             GangEngine& engine, GangFollowerStats* stats) {
   GangFollowerStats local;
   if (stats == nullptr) stats = &local;
   while (true) {

@@ -4,6 +4,7 @@
 // the control channel on this process's ranks until the driver says done.
 //
 //   kStep     replay the driver's KV manager calls on `replica` (recording_kv_manager.h),
+//             mirror the block transfers of the last plan replayed (engine.ApplyPlan),
 //             run engine.Forward on the batch (the ranks join the driver's collectives),
 //             answer kStepAck with the outcome
 //   kRelease  engine.Release
@@ -18,8 +19,8 @@
 #include <cstdint>
 
 #include "absl/status/status.h"
-#include "engine/engine.h"
 #include "engine/gang_channel.h"
+#include "engine/gang_engine.h"
 #include "kvcache/kv_manager.h"
 
 namespace kvscope::engine {
@@ -29,9 +30,10 @@ struct GangFollowerStats {
   int64_t releases = 0;
 };
 
-// `engine`'s rank caches must come from `replica`. `stats` (optional) counts what ran.
-absl::Status RunGangFollower(GangChannel& driver, kvcache::KvManager& replica, Engine& engine,
-                             GangFollowerStats* stats);
+// `engine` (the CPU or the GPU engine) has its rank caches from `replica`. `stats`
+// (optional) counts what ran.
+absl::Status RunGangFollower(GangChannel& driver, kvcache::KvManager& replica,
+                             GangEngine& engine, GangFollowerStats* stats);
 
 }  // namespace kvscope::engine
 

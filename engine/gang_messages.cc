@@ -196,10 +196,45 @@ std::string EncodeDone() { return Writer(GangMessageType::kDone).Take(); }
 absl::StatusOr<GangMessageType> PeekType(const std::string& frame) {
   const uint8_t t = frame.empty() ? 0 : static_cast<uint8_t>(frame[0]);
   if (t < static_cast<uint8_t>(GangMessageType::kHello) ||
-      t > static_cast<uint8_t>(GangMessageType::kDone)) {
+      t > static_cast<uint8_t>(GangMessageType::kDataPlane)) {
     return absl::InvalidArgumentError(absl::StrCat("gang message: unknown type ", t));
   }
   return static_cast<GangMessageType>(t);
+}
+
+std::string EncodeGpuDevices(const std::vector<std::string>& devices) {
+  Writer w(GangMessageType::kGpuDevices);
+  w.Int<uint32_t>(static_cast<uint32_t>(devices.size()));
+  for (const std::string& d : devices) w.String(d);
+  return w.Take();
+}
+
+std::string EncodeDataPlane(const GangDataPlaneMessage& plane) {
+  Writer w(GangMessageType::kDataPlane);
+  w.String(plane.kind);
+  w.String(plane.nccl_unique_id);
+  return w.Take();
+}
+
+absl::StatusOr<std::vector<std::string>> DecodeGpuDevices(const std::string& frame) {
+  Reader r(frame, GangMessageType::kGpuDevices);
+  std::vector<std::string> devices;
+  const uint32_t n = r.Int<uint32_t>();
+  if (r.CountFits(n, 4)) {
+    devices.resize(n);
+    for (std::string& d : devices) d = r.String();
+  }
+  KVSCOPE_RETURN_IF_ERROR(r.Finish("gpu devices"));
+  return devices;
+}
+
+absl::StatusOr<GangDataPlaneMessage> DecodeDataPlane(const std::string& frame) {
+  Reader r(frame, GangMessageType::kDataPlane);
+  GangDataPlaneMessage plane;
+  plane.kind = r.String();
+  plane.nccl_unique_id = r.String();
+  KVSCOPE_RETURN_IF_ERROR(r.Finish("data plane"));
+  return plane;
 }
 
 absl::StatusOr<GangHello> DecodeHello(const std::string& frame) {

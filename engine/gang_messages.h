@@ -12,6 +12,11 @@
 //   any -> driver        kHello    (first frame of every connection) token, process index,
 //                                  rank or -1 for the control channel, config fingerprint
 //   follower -> driver   kStepAck  the step's status on the follower's ranks
+// backend: cuda only, once after joining and before the first step (gang_data_plane.h):
+//   follower -> driver   kGpuDevices  the GPU identity of each of the follower's ranks
+//   driver -> follower   kDataPlane   how the ranks' collectives run: "host-staged" (over
+//                                     the gang's TCP communicators) or "nccl" with the
+//                                     group's NCCL unique id
 //
 // Encoding: one frame per message, [u8 type][fields...], integers little-endian fixed
 // width, strings and arrays length-prefixed (u32 / u64). Decoding checks every length
@@ -39,6 +44,8 @@ enum class GangMessageType : uint8_t {
   kStepAck = 4,
   kRelease = 5,
   kDone = 6,
+  kGpuDevices = 7,
+  kDataPlane = 8,
 };
 
 // One mutating KvManager call as the driver made it, with its outcome (the replica must
@@ -87,6 +94,12 @@ struct GangHello {
   std::string fingerprint;  // what the follower will run (engine/gang_session.h)
 };
 
+// The data plane of a GPU gang, as the driver decides it (engine/gang_data_plane.h).
+struct GangDataPlaneMessage {
+  std::string kind;            // "host-staged" or "nccl"
+  std::string nccl_unique_id;  // "nccl": the group's id (opaque bytes); else empty
+};
+
 struct GangStepAck {
   absl::StatusCode code = absl::StatusCode::kOk;
   std::string message;
@@ -99,6 +112,8 @@ std::string EncodeStep(absl::Span<const KvOp> ops, absl::Span<const SeqInput> ba
 std::string EncodeStepAck(const absl::Status& status);
 std::string EncodeRelease(int64_t seq_id);
 std::string EncodeDone();
+std::string EncodeGpuDevices(const std::vector<std::string>& devices);
+std::string EncodeDataPlane(const GangDataPlaneMessage& plane);
 
 // The type of a frame (InvalidArgument if empty or unknown).
 absl::StatusOr<GangMessageType> PeekType(const std::string& frame);
@@ -108,6 +123,8 @@ absl::StatusOr<std::string> DecodeWelcome(const std::string& frame);
 absl::Status DecodeStep(const std::string& frame, std::vector<KvOp>* ops, OwnedBatch* batch);
 absl::StatusOr<GangStepAck> DecodeStepAck(const std::string& frame);
 absl::StatusOr<int64_t> DecodeRelease(const std::string& frame);
+absl::StatusOr<std::vector<std::string>> DecodeGpuDevices(const std::string& frame);
+absl::StatusOr<GangDataPlaneMessage> DecodeDataPlane(const std::string& frame);
 
 }  // namespace kvscope::engine
 

@@ -101,11 +101,15 @@ absl::StatusOr<const kvcache::StepPlan*> RecordingKvManager::Plan(
   return plan;
 }
 
-absl::Status ReplayKvOps(absl::Span<const KvOp> ops, kvcache::KvManager& replica) {
+absl::Status ReplayKvOps(absl::Span<const KvOp> ops, kvcache::KvManager& replica,
+                         const kvcache::StepPlan** last_plan) {
+  if (last_plan != nullptr) *last_plan = nullptr;
   for (size_t i = 0; i < ops.size(); ++i) {
     const KvOp& op = ops[i];
     bool ok = true;
     int64_t result = 0;
+    // Any other call may invalidate the plan it returned.
+    if (last_plan != nullptr && op.kind != KvOp::Kind::kPlan) *last_plan = nullptr;
     switch (op.kind) {
       case KvOp::Kind::kAdmit: {
         absl::StatusOr<int32_t> cached =
@@ -129,9 +133,12 @@ absl::Status ReplayKvOps(absl::Span<const KvOp> ops, kvcache::KvManager& replica
       case KvOp::Kind::kFork:
         ok = replica.Fork(op.a, op.b).ok();
         break;
-      case KvOp::Kind::kPlan:
-        ok = replica.Plan(op.steps).ok();
+      case KvOp::Kind::kPlan: {
+        absl::StatusOr<const kvcache::StepPlan*> plan = replica.Plan(op.steps);
+        ok = plan.ok();
+        if (last_plan != nullptr && ok) *last_plan = *plan;
         break;
+      }
     }
     if (ok != op.ok || result != op.result) {
       return absl::InternalError(absl::StrCat(

@@ -64,7 +64,11 @@ class RecordingKvManager final : public kvcache::KvManager {
 };
 
 // Applies the driver's calls to `replica`; Internal naming the call when an outcome differs.
-absl::Status ReplayKvOps(absl::Span<const KvOp> ops, kvcache::KvManager& replica);
+// `last_plan` (optional) gets the plan of the last successful Plan call replayed, null if
+// none or if another call followed it; valid until the replica's next call: the step's plan, whose block transfers the
+// GPU engine mirrors as the driver's does.
+absl::Status ReplayKvOps(absl::Span<const KvOp> ops, kvcache::KvManager& replica,
+                         const kvcache::StepPlan** last_plan = nullptr);
 
 }  // namespace kvscope::engine
 

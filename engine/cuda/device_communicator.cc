@@ -147,6 +147,25 @@ absl::StatusOr<std::unique_ptr<DeviceCommunicator>> CreateNcclCommunicator(
 #endif
 }
 
+absl::StatusOr<std::string> GpuIdentity(int device) {
+  cudaDeviceProp prop;
+  KVSCOPE_CUDA_RETURN_IF_ERROR(cudaGetDeviceProperties(&prop, device));
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string id = "GPU-";
+  for (size_t i = 0; i < sizeof(prop.uuid.bytes); ++i) {
+    const auto b = static_cast<uint8_t>(prop.uuid.bytes[i]);
+    id.push_back(kHex[b >> 4]);
+    id.push_back(kHex[b & 0xf]);
+  }
+  return id;
+}
+
+absl::StatusOr<int> VisibleGpuCount() {
+  int count = 0;
+  KVSCOPE_CUDA_RETURN_IF_ERROR(cudaGetDeviceCount(&count));
+  return count;
+}
+
 std::unique_ptr<DeviceCommunicator> CreateHostStagedCommunicator(
     std::unique_ptr<Communicator> host) {
   return std::make_unique<HostStagedCommunicator>(std::move(host));

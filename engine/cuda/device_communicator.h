@@ -57,6 +57,14 @@ absl::StatusOr<std::string> NewNcclUniqueId();
 absl::StatusOr<std::unique_ptr<DeviceCommunicator>> CreateNcclCommunicator(
     std::string_view unique_id, int rank, int size, int device);
 
+// The identity of CUDA device `device`: "GPU-" and its UUID in hex (cudaDeviceProp::uuid,
+// the same in every process and on every machine that sees the device), so that the
+// processes of a gang can tell whether two ranks share a GPU (engine/gang_data_plane.h).
+absl::StatusOr<std::string> GpuIdentity(int device);
+
+// The CUDA devices this process sees (CUDA_VISIBLE_DEVICES applied).
+absl::StatusOr<int> VisibleGpuCount();
+
 // Wraps a CPU communicator (for example LocalCommGroup::ForRank) for device buffers. The
 // sum runs in float32 on the host in rank order, so every rank gets identical bits and the
 // result equals the CPU engine's reduction rounded once to `dtype`.

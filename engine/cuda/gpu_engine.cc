@@ -22,16 +22,36 @@ absl::StatusOr<std::unique_ptr<GpuEngine>> GpuEngine::Create(
     std::shared_ptr<const ModelWeights> weights, const GpuEngineOptions& options) {
   const int tp = options.tp_size;
   KVSCOPE_RETURN_IF_ERROR(ValidateTensorParallelSize(weights->config, tp));
-  if (!options.devices.empty() && static_cast<int>(options.devices.size()) != tp) {
-    return absl::InvalidArgumentError(absl::StrCat("GPU engine: ", options.devices.size(),
-                                                   " devices listed for ", tp, " ranks"));
+  GpuEngineOptions resolved = options;
+  if (resolved.local_ranks == 0) resolved.local_ranks = tp - resolved.first_rank;
+  const int first = resolved.first_rank;
+  const int local = resolved.local_ranks;
+  if (first < 0 || local < 1 || first + local > tp) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "GPU engine ranks [", first, ", ", first + local,
+        ") are not inside the tensor-parallel group of ", tp));
   }
-  std::unique_ptr<GpuEngine> engine(new GpuEngine(std::move(weights), options));
-  auto device_of = [&options](int r) {
-    return options.devices.empty() ? options.shard.device : options.devices[r];
+  if (local != tp && options.comm == GpuCommKind::kHostStaged && !options.comm_factory) {
+    return absl::InvalidArgumentError(
+        "a GPU engine running only some of the ranks host-staged needs a comm_factory for them");
+  }
+  if (local != tp && options.comm == GpuCommKind::kNccl && options.nccl_unique_id.empty()) {
+    return absl::InvalidArgumentError(
+        "a GPU engine running only some of the ranks over NCCL needs the group's "
+        "nccl_unique_id");
+  }
+  if (!options.devices.empty() && static_cast<int>(options.devices.size()) != local) {
+    return absl::InvalidArgumentError(absl::StrCat("GPU engine: ", options.devices.size(),
+                                                   " devices listed for ", local, " ranks"));
+  }
+  std::unique_ptr<GpuEngine> engine(new GpuEngine(std::move(weights), resolved));
+  // `i` indexes the local ranks; global rank first + i.
+  auto device_of = [&options](int i) {
+    return options.devices.empty() ? options.shard.device : options.devices[i];
   };
   const kvcache::KvShape shape = KvGeometryFor(engine->weights_->config, tp).RankShape();
-  for (int r = 0; r < tp; ++r) {
+  for (int i = 0; i < local; ++i) {
+    const int r = first + i;
     if (options.kv_factory) {
       engine->caches_.push_back(options.kv_factory(shape, r));
     } else {
@@ -43,7 +63,7 @@ absl::StatusOr<std::unique_ptr<GpuEngine>> GpuEngine::Create(
     kvcache::KvCache& cache = *engine->caches_.back();
     KVSCOPE_RETURN_IF_ERROR(CheckGpuSupportsCache(cache));
     GpuShardOptions shard_options = options.shard;
-    shard_options.device = device_of(r);
+    shard_options.device = device_of(i);
     // A cache with a fixed pool (a KvManager's budget) gives the device pool its blocks.
     const kernels::KvPoolView pool = cache.Pool(0);
     if (pool.num_blocks > 0 && options.shard.num_kv_blocks == 0) {
@@ -87,22 +107,36 @@ absl::StatusOr<std::unique_ptr<GpuEngine>> GpuEngine::Create(
     engine->shards_.push_back(std::move(shard));
   }
   if (options.comm == GpuCommKind::kHostStaged) {
-    engine->group_ = std::make_unique<LocalCommGroup>(tp);
-    for (int r = 0; r < tp; ++r) {
-      engine->comms_.push_back(CreateHostStagedCommunicator(engine->group_->ForRank(r)));
+    if (options.comm_factory) {
+      for (int i = 0; i < local; ++i) {
+        KVSCOPE_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> host,
+                                 options.comm_factory(first + i));
+        engine->comms_.push_back(CreateHostStagedCommunicator(std::move(host)));
+      }
+    } else {
+      engine->group_ = std::make_unique<LocalCommGroup>(tp);
+      for (int r = 0; r < tp; ++r) {
+        engine->comms_.push_back(CreateHostStagedCommunicator(engine->group_->ForRank(r)));
+      }
     }
   } else {
-    KVSCOPE_ASSIGN_OR_RETURN(std::string id, NewNcclUniqueId());
+    std::string id = options.nccl_unique_id;
+    if (id.empty()) {
+      KVSCOPE_ASSIGN_OR_RETURN(id, NewNcclUniqueId());
+    }
+    // Every local rank joins concurrently (ncclCommInitRank blocks until all `tp` joined,
+    // those of other processes included).
     std::vector<absl::StatusOr<std::unique_ptr<DeviceCommunicator>>> made;
-    for (int r = 0; r < tp; ++r) made.emplace_back(absl::UnknownError("not created"));
+    for (int i = 0; i < local; ++i) made.emplace_back(absl::UnknownError("not created"));
     std::vector<std::thread> threads;
-    for (int r = 0; r < tp; ++r) {
-      threads.emplace_back([&, r] { made[r] = CreateNcclCommunicator(id, r, tp, device_of(r)); });
+    for (int i = 0; i < local; ++i) {
+      threads.emplace_back(
+          [&, i] { made[i] = CreateNcclCommunicator(id, first + i, tp, device_of(i)); });
     }
     for (std::thread& t : threads) t.join();
-    for (int r = 0; r < tp; ++r) {
-      if (!made[r].ok()) return made[r].status();
-      engine->comms_.push_back(std::move(*made[r]));
+    for (int i = 0; i < local; ++i) {
+      if (!made[i].ok()) return made[i].status();
+      engine->comms_.push_back(std::move(*made[i]));
     }
   }
   return engine;
@@ -115,20 +149,22 @@ absl::StatusOr<ForwardOutput> GpuEngine::Forward(absl::Span<const SeqInput> batc
   }
   KVSCOPE_RETURN_IF_ERROR(ValidateSeqInputs(config(), batch));
   ForwardOutput out;
-  const int tp = options_.tp_size;
-  std::vector<absl::Status> status(tp);
+  // `r` indexes the local ranks; global rank first_rank + r.
+  const int local = options_.local_ranks;
+  std::vector<absl::Status> status(local);
   auto run_rank = [&](int r) {
-    status[r] = shards_[r]->Forward(batch, *caches_[r], *comms_[r], r == 0 ? &out : nullptr);
+    const bool rank0 = options_.first_rank + r == 0;
+    status[r] = shards_[r]->Forward(batch, *caches_[r], *comms_[r], rank0 ? &out : nullptr);
     if (!status[r].ok()) comms_[r]->Abort();  // release the ranks waiting in a collective
   };
   std::vector<std::thread> threads;
-  for (int r = 1; r < tp; ++r) threads.emplace_back(run_rank, r);
+  for (int r = 1; r < local; ++r) threads.emplace_back(run_rank, r);
   run_rank(0);
   for (std::thread& t : threads) t.join();
   absl::Status first;
   bool aborted = false;
   bool prepared = false;
-  for (int r = 0; r < tp; ++r) {
+  for (int r = 0; r < local; ++r) {
     prepared = prepared || shards_[r]->step_prepared();
     if (absl::IsAborted(status[r])) {
       aborted = true;
@@ -188,6 +224,10 @@ nlohmann::json GpuEngine::MemoryJson() const {
 
 void GpuEngine::Release(int64_t seq_id) {
   for (auto& cache : caches_) cache->Release(seq_id);
+}
+
+void GpuEngine::AbortCollectives() {
+  for (auto& comm : comms_) comm->Abort();
 }
 
 std::vector<GpuMemoryReport> GpuEngine::MemoryReports() const {

@@ -9,12 +9,20 @@
 // this is how the one-GPU machine runs TP > 1) or NCCL (one device per rank; created
 // concurrently by the rank threads in Create).
 //
+// A gang (engine/gang_driver.h, several processes) gives each process's engine a slice of
+// the ranks (GpuEngineOptions::first_rank, local_ranks) and either the host communicators
+// of its ranks (comm_factory, e.g. engine/tcp_comm_group.h, wrapped host-staged) or the
+// NCCL unique id the driver made (nccl_unique_id); Forward then runs only those ranks and
+// returns logits only where rank 0 is local, as Engine does.
+//
 // Thread-safety: one caller at a time.
 #ifndef KVSCOPE_ENGINE_CUDA_GPU_ENGINE_H_
 #define KVSCOPE_ENGINE_CUDA_GPU_ENGINE_H_
 
 #include <functional>
 #include <memory>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -22,6 +30,7 @@
 #include "engine/communicator.h"
 #include "engine/cuda/device_communicator.h"
 #include "engine/cuda/gpu_model_shard.h"
+#include "engine/gang_engine.h"
 #include "engine/model.h"
 #include "engine/weights.h"
 #include "kvcache/kv_cache.h"
@@ -34,11 +43,24 @@ enum class GpuCommKind { kHostStaged, kNccl };
 
 struct GpuEngineOptions {
   int tp_size = 1;
-  // Options of every rank's shard; the device of rank r is devices[r] when `devices` is
-  // non-empty (one entry per rank), else shard.device for every rank.
+  // Options of every rank's shard; the device of local rank i (global rank first_rank + i)
+  // is devices[i] when `devices` is non-empty (one entry per local rank), else shard.device
+  // for every rank.
   GpuShardOptions shard;
   std::vector<int> devices;
   GpuCommKind comm = GpuCommKind::kHostStaged;
+  // The ranks this engine runs: [first_rank, first_rank + local_ranks) of tp_size
+  // (local_ranks 0 = all from first_rank on). Running only some of them needs the way to
+  // reach the others: comm_factory (kHostStaged) or nccl_unique_id (kNccl).
+  int first_rank = 0;
+  int local_ranks = 0;
+  // kHostStaged: the host communicator of global rank `rank` (called once per local rank,
+  // in rank order), wrapped by CreateHostStagedCommunicator; null = one LocalCommGroup over
+  // the local ranks, which then must be all of them.
+  std::function<absl::StatusOr<std::unique_ptr<Communicator>>(int rank)> comm_factory;
+  // kNccl: the group's unique id (kNcclUniqueIdBytes, made by NewNcclUniqueId in one
+  // process and shared with the others); empty = made here, all ranks then must be local.
+  std::string nccl_unique_id;
   // Builds the KV cache (bookkeeping) of each rank; null = kvcache::FullKvCache with
   // shard.block_size and max_kv_tokens. It must be a strategy CheckGpuSupportsCache accepts.
   // A cache with a fixed pool (ManagedKvCache: Pool(0).num_blocks > 0 before any step)
@@ -51,32 +73,41 @@ struct GpuEngineOptions {
   int64_t max_kv_tokens = 0;  // 0 = unbounded (the device pool still bounds it)
 };
 
-class GpuEngine {
+class GpuEngine final : public GangEngine {
  public:
   // InvalidArgument for a tp size that cannot split the model or bad options; the errors of
   // GpuModelShard::Create and CreateNcclCommunicator otherwise.
   static absl::StatusOr<std::unique_ptr<GpuEngine>> Create(
       std::shared_ptr<const ModelWeights> weights, const GpuEngineOptions& options);
-  ~GpuEngine();
+  ~GpuEngine() override;
 
   // One step over the batch, validated as Engine::Forward validates it. After a failure
   // inside the ranks (other than a full cache refused by PrepareStep) the engine refuses
   // further steps (FailedPrecondition).
-  absl::StatusOr<ForwardOutput> Forward(absl::Span<const SeqInput> batch);
+  absl::StatusOr<ForwardOutput> Forward(absl::Span<const SeqInput> batch) override;
 
   // Mirrors a KvManager plan's block transfers (swap out, swap in, copy-on-write copies) in
   // every rank's device pool and pinned host pool; call it once per plan, before the plan's
   // Forward. A failure stops the engine (the pools no longer match the bookkeeping).
-  absl::Status ApplyPlan(const kvcache::StepPlan& plan);
+  absl::Status ApplyPlan(const kvcache::StepPlan& plan) override;
 
-  // Frees the sequence's KV on every rank.
-  void Release(int64_t seq_id);
+  // Frees the sequence's KV on every local rank.
+  void Release(int64_t seq_id) override;
 
-  const ModelConfig& config() const { return weights_->config; }
+  // Aborts every local rank's communicator (ranks of other processes blocked in a
+  // collective with them fail instead of waiting).
+  void AbortCollectives() override;
+
+  const ModelConfig& config() const override { return weights_->config; }
   int tp_size() const { return options_.tp_size; }
-  kvcache::KvCache& kv_cache(int rank) { return *caches_[rank]; }
-  GpuModelShard& shard(int rank) { return *shards_[rank]; }
-  // Each rank's device memory and traffic.
+  int first_rank() const override { return options_.first_rank; }
+  int local_ranks() const override { return options_.local_ranks; }
+  // The cache and shard of global rank `rank`, which must be local.
+  kvcache::KvCache& kv_cache(int rank) { return *caches_[rank - options_.first_rank]; }
+  GpuModelShard& shard(int rank) { return *shards_[rank - options_.first_rank]; }
+  // "nccl" or "host-staged".
+  std::string_view comm_kind() const { return comms_.empty() ? "" : comms_[0]->kind(); }
+  // Each local rank's device memory and traffic.
   std::vector<GpuMemoryReport> MemoryReports() const;
   // The same for the result file: {"communicator": ..., "ranks": [{rank, device, dtype,
   // weight_bytes, kv_pool_bytes, workspace_bytes, pinned_host_bytes, h2d_bytes, d2h_bytes,
