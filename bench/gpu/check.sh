@@ -16,7 +16,7 @@
 # report in the table. CHECK_BUDGET_S (default 540) bounds the whole run: each step's
 # timeout is the smaller of its own limit and the time left, and a step with under 15 s
 # left is skipped and says so in the table. CHECK_STEPS (default "tests sanitizer bench torch
-# hf strategies profile") picks the steps, for a short call that checks one thing.
+# hf strategies gang profile") picks the steps, for a short call that checks one thing.
 set -uo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
 mode=${1:-}
@@ -50,7 +50,8 @@ build() {
   cp -r "$shared/models/tinystories-656k" "$bundle/shared/models/" 2>/dev/null || true
   cp -r "$shared/fixtures" "$shared/data" "$bundle/shared/" 2>/dev/null || true
   cp "$here/bench/gpu/torch_peers.py" "$here/bench/gpu/hf_bf16_error.py" \
-    "$here/bench/gpu/sanitizer_summary.py" "$here/bench/gpu/strategies.sh" "$bundle/"
+    "$here/bench/gpu/sanitizer_summary.py" "$here/bench/gpu/strategies.sh" \
+    "$here/bench/gpu/gang.sh" "$bundle/"
   printf '%s\n' "${targets[@]}" > "$bundle/targets.txt"
   du -sh "$bundle"
   # The device call carries at most 64 MiB: ship one compressed archive (about 20 MB).
@@ -87,7 +88,7 @@ run() {
     local left=$((deadline - SECONDS))
     if [ "$left" -lt 15 ]; then echo 0; elif [ "$1" -lt "$left" ]; then echo "$1"; else echo "$left"; fi
   }
-  local steps=" ${CHECK_STEPS:-tests sanitizer bench torch hf strategies profile} "
+  local steps=" ${CHECK_STEPS:-tests sanitizer bench torch hf strategies gang profile} "
   want() { [[ "$steps" == *" $1 "* ]]; }
   # 1. GPU tests, each binary with a timeout.
   want tests && while read -r t; do
@@ -193,6 +194,19 @@ run() {
       timeout "$lim" bash "$bundle/strategies.sh" "$bundle" "$out" > "$out/strategies.log" 2>&1
       echo "# strategies rc=$?" >> "$table"
       grep -P '^strategy\t' "$out/strategies.log" | tee -a "$table"
+    fi
+  fi
+  # 6b. A GPU gang through the CLI: tp 2 as one process and as two processes (nodes: 2,
+  # host-staged on this one GPU); greedy tokens must be equal (bench/gpu/gang.sh).
+  if want gang && [ -x "$bundle/bin/kvscope" ] && [ -f "$bundle/gang.sh" ]; then
+    local lim
+    lim=$(step_limit "${GANG_TIMEOUT:-150}")
+    if [ "$lim" -gt 0 ]; then
+      echo "# gang: case rc out_tok/s note" >> "$table"
+      GANG_RUN_TIMEOUT=$((lim / 3)) timeout "$lim" bash "$bundle/gang.sh" "$bundle" "$out" \
+        > "$out/gang.log" 2>&1
+      echo "# gang rc=$?" >> "$table"
+      grep -P '^gang\t' "$out/gang.log" | tee -a "$table"
     fi
   fi
   # 7. Nsight Compute on one steady-state launch of the decode kernel (64 x 2048, the 221st
