@@ -95,6 +95,9 @@ int RunStatus(const std::vector<std::string>& args) {
                 coordinator::TrialStateWord(t.state()), t.attempts_size(), progress.c_str(),
                 t.label().c_str());
     if (!t.error().empty()) std::printf("    error: %s\n", t.error().c_str());
+    if (t.state() == v1::TRIAL_STATE_PENDING && !t.waiting().empty()) {
+      std::printf("    %s\n", t.waiting().c_str());
+    }
   }
   return 0;
 }

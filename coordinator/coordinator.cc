@@ -47,6 +47,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
+#include "common/units.h"
 #include "coordinator/store.h"
 
 namespace kvscope::coordinator {
@@ -324,6 +325,10 @@ class Coordinator::Impl {
   struct RequirementClass {
     TrialRequirements requirements;
     std::set<int32_t> pending;  // indices into trials_ (submission order)
+    // Why the class's oldest pending gang could not be placed the last time AcquireTrials
+    // evaluated it; "" once a gang of the class is placed. Memory only (soft state, like
+    // progress): ListTrials shows it on the class's pending trials.
+    std::string waiting;
   };
   // What one call changes, committed by Finish().
   struct Op {
@@ -415,6 +420,10 @@ class Coordinator::Impl {
   // Up to `n` alive workers other than `except` that can take one rank of `r` now.
   std::vector<Worker*> FindFollowers(const std::string& except, const TrialRequirements& r,
                                      int32_t n, int64_t now);
+  // The waiting reason of a gang of `r` that could not be placed: `driver` can take rank 0
+  // and `followers` (all the other alive workers that can take a rank now) are too few.
+  std::string GangWaitingReason(const TrialRequirements& r, const Worker& driver,
+                                const std::vector<Worker*>& followers, int64_t now) const;
   TrialAssignment MakeAssignment(const Lease& lease, int32_t rank) const;
   // Registers a new lease's holds with their workers and the heartbeat owner map.
   void AddLease(Lease lease);
@@ -630,6 +639,62 @@ std::vector<Coordinator::Impl::Worker*> Coordinator::Impl::FindFollowers(
     if (Fits(*w, r, cap.gpu_busy, cap.cpu_running)) out.push_back(w);
   }
   return out;
+}
+
+namespace {
+
+// What one rank of `r` needs, e.g. "a CPU trial slot" or "2 GPUs of 40.00 GiB, model /m".
+std::string DescribeRank(const TrialRequirements& r) {
+  std::string what;
+  if (r.backend == "cuda") {
+    const int32_t gpus = std::max(1, r.gpus);
+    what = absl::StrCat(gpus, gpus == 1 ? " GPU" : " GPUs");
+    if (r.gpu_memory_bytes > 0) absl::StrAppend(&what, " of ", FormatBytes(r.gpu_memory_bytes));
+  } else {
+    what = r.backend == "cpu" ? "a CPU trial slot" : absl::StrCat("backend ", r.backend);
+  }
+  if (r.cpu_threads > 0) absl::StrAppend(&what, ", ", r.cpu_threads, " CPU cores");
+  if (!r.model_path.empty()) absl::StrAppend(&what, ", model ", r.model_path);
+  return what;
+}
+
+}  // namespace
+
+std::string Coordinator::Impl::GangWaitingReason(const TrialRequirements& r,
+                                                 const Worker& driver,
+                                                 const std::vector<Worker*>& followers,
+                                                 int64_t now) const {
+  const int32_t nodes = std::max(1, r.nodes);
+  int32_t alive = 0;
+  int32_t capable = 0;  // alive workers that could take a rank with nothing running
+  for (const auto& [id, w] : workers_) {
+    if (!Alive(w, now)) continue;
+    ++alive;
+    if (Fits(w, r, std::vector<bool>(w.caps.gpus.size(), false), 0)) ++capable;
+  }
+  const std::string need =
+      absl::StrCat(nodes, " workers that can each take a rank (", DescribeRank(r), ")");
+  if (alive < nodes) {
+    return absl::StrCat("waiting for ", need, "; only ", alive,
+                        alive == 1 ? " worker is" : " workers are", " alive, fewer than nodes=",
+                        nodes, ": it cannot be placed until more workers register");
+  }
+  if (capable < nodes) {
+    return absl::StrCat("waiting for ", need, "; only ", capable, " of the ", alive,
+                        " alive workers could take a rank even when idle: it cannot be "
+                        "placed until more such workers register");
+  }
+  constexpr size_t kMaxNames = 8;
+  std::vector<std::string> names = {driver.id};
+  for (const Worker* f : followers) {
+    if (names.size() == kMaxNames) {
+      names.push_back("...");
+      break;
+    }
+    names.push_back(f->id);
+  }
+  return absl::StrCat("waiting for ", need, "; ", followers.size() + 1, " can now (",
+                      absl::StrJoin(names, ", "), "), ", alive, " alive");
 }
 
 TrialAssignment Coordinator::Impl::MakeAssignment(const Lease& lease, int32_t rank) const {
@@ -1155,6 +1220,7 @@ absl::StatusOr<std::vector<TrialInfo>> Coordinator::Impl::ListTrials(const std::
     info.requests_done = trial.requests_done;
     info.requests_total = trial.requests_total;
     info.elapsed_s = trial.elapsed_s;
+    if (trial.state == TrialState::kPending) info.waiting = classes_[trial.klass].waiting;
   }
   return out;
 }
@@ -1390,7 +1456,7 @@ absl::StatusOr<std::vector<TrialAssignment>> Coordinator::Impl::AcquireTrialsLoc
     int32_t best_trial = 0;
     std::vector<Worker*> best_followers;
     for (size_t k = 0; k < classes_.size(); ++k) {
-      const RequirementClass& c = classes_[k];
+      RequirementClass& c = classes_[k];
       if (c.pending.empty()) continue;
       const int32_t head = *c.pending.begin();
       if (best_class >= 0 && head > best_trial) continue;
@@ -1399,13 +1465,17 @@ absl::StatusOr<std::vector<TrialAssignment>> Coordinator::Impl::AcquireTrialsLoc
       const int32_t nodes = std::max(1, c.requirements.nodes);
       if (nodes > 1) {
         followers = FindFollowers(worker_id, c.requirements, nodes - 1, now);
-        if (static_cast<int32_t>(followers.size()) < nodes - 1) continue;
+        if (static_cast<int32_t>(followers.size()) < nodes - 1) {
+          c.waiting = GangWaitingReason(c.requirements, w, followers, now);
+          continue;
+        }
       }
       best_class = static_cast<int32_t>(k);
       best_trial = head;
       best_followers = std::move(followers);
     }
     if (best_class < 0) break;
+    classes_[best_class].waiting.clear();
     const TrialRequirements& r = classes_[best_class].requirements;
     Lease lease;
     lease.attempt_id = next_attempt_id_++;

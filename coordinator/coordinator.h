@@ -151,6 +151,10 @@ struct TrialInfo {
   int64_t requests_done = 0, requests_total = 0;  // last progress report
   double elapsed_s = 0;
   std::string error;  // the reasons of every failed attempt, for a failed trial
+  // For a pending gang (`nodes` > 1) that AcquireTrials tried and failed to place: why it
+  // waits, e.g. "waiting for 4 workers that can each take a rank (a CPU trial slot); 2 can
+  // now (w1, w2), 3 alive". Memory only: "" after a coordinator restart until the next try.
+  std::string waiting;
 };
 
 struct ExperimentInfo {

@@ -244,6 +244,7 @@ void ToProto(const TrialInfo& in, v1::TrialInfo* out) {
   out->set_requests_total(in.requests_total);
   out->set_elapsed_s(in.elapsed_s);
   out->set_error(in.error);
+  out->set_waiting(in.waiting);
 }
 
 absl::StatusOr<TrialInfo> FromProto(const v1::TrialInfo& in) {
@@ -262,6 +263,7 @@ absl::StatusOr<TrialInfo> FromProto(const v1::TrialInfo& in) {
   out.requests_total = in.requests_total();
   out.elapsed_s = in.elapsed_s();
   out.error = in.error();
+  out.waiting = in.waiting();
   return out;
 }
 

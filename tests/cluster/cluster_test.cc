@@ -338,6 +338,29 @@ TEST_F(ClusterTest, GangTrialRunsOnTwoWorkerProcesses) {
   EXPECT_THAT(workers_[0]->Log() + workers_[1]->Log(), HasSubstr("published the rendezvous"));
 }
 
+// A gang with too few workers: `kvscope status ID` says why it waits; a second worker
+// places and finishes it.
+TEST_F(ClusterTest, StatusSaysWhyAGangWaits) {
+  StartCoordinator();
+  StartWorker();
+  const std::string sweep =
+      WriteFile("gang.yaml", TinySweep("gang", 3, "4", 1, "tp: 2\nnodes: 2\n"));
+  std::string output;
+  ASSERT_EQ(Cli("submit " + sweep + " --coordinator " + target_, &output), 0) << output;
+  const std::string id = output.substr(0, output.find('\n'));
+  ASSERT_TRUE(PollUntil([&] {
+    return Cli("status " + id + " --coordinator " + target_, &output) == 0 &&
+           output.find("waiting for 2 workers") != std::string::npos;
+  }, 60)) << output << coordinator_->Log();
+  EXPECT_THAT(output, HasSubstr("only 1 worker is alive, fewer than nodes=2"));
+  StartWorker();
+  TestClient client(target_);
+  EXPECT_EQ(WaitFinished(&client, id, 120).state(), v1::EXPERIMENT_STATE_SUCCEEDED)
+      << coordinator_->Log();
+  ASSERT_EQ(Cli("status " + id + " --coordinator " + target_, &output), 0) << output;
+  EXPECT_THAT(output, ::testing::Not(HasSubstr("waiting for")));
+}
+
 // 5c. The worker of one rank dies mid-trial: its lease expires, the whole attempt ends
 // (rank 0 is stopped, not left waiting), and the trial runs again on two live workers.
 TEST_F(ClusterTest, LostGangRankRetriesTheWholeAttempt) {

@@ -159,6 +159,7 @@ TEST(ConvertTest, TrialInfoRoundTripsThroughProto) {
   t.state = TrialState::kFailed;
   t.attempts.push_back({7, 1, "w1", "failed", "signal 9", 1.0, 2.0});
   t.error = "attempt 1: signal 9";
+  t.waiting = "waiting for 4 workers that can each take a rank (a CPU trial slot); 2 can now";
   v1::TrialInfo proto;
   ToProto(t, &proto);
   absl::StatusOr<TrialInfo> back = FromProto(proto);
@@ -169,6 +170,7 @@ TEST(ConvertTest, TrialInfoRoundTripsThroughProto) {
   ASSERT_EQ(back->attempts.size(), 1u);
   EXPECT_EQ(back->attempts[0].attempt_id, 7);
   EXPECT_EQ(back->error, t.error);
+  EXPECT_EQ(back->waiting, t.waiting);
 }
 
 TEST(ConvertTest, BadJsonIsInvalidArgumentNotACrash) {

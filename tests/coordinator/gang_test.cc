@@ -252,6 +252,68 @@ TEST_F(GangTest, StaysPendingWhileTooFewCapableWorkersAreAlive) {
   EXPECT_EQ(a[0].gang->worker_ids, (std::vector<std::string>{w1, w2, w3}));
 }
 
+TEST_F(GangTest, PendingGangSaysWhyItWaitsUntilItIsPlaced) {
+  const std::string e = Submit(MakeSweep({Cpu(3), Cpu(3)}));
+  const std::string w1 = Register(CpuWorker());
+  const std::string w2 = Register(CpuWorker());
+  EXPECT_EQ(Trial(e, 0).waiting, "");  // placement not tried yet
+  EXPECT_TRUE(Acquire(w1, 1).empty());
+  // Two workers in all for three ranks: said to be impossible until more register. Every
+  // pending trial of the class shows it.
+  for (size_t i : {0u, 1u}) {
+    const std::string waiting = Trial(e, i).waiting;
+    EXPECT_THAT(waiting,
+                HasSubstr("waiting for 3 workers that can each take a rank (a CPU trial slot)"));
+    EXPECT_THAT(waiting, HasSubstr("only 2 workers are alive, fewer than nodes=3"));
+    EXPECT_THAT(waiting, HasSubstr("until more workers register"));
+  }
+  // A third worker that can never take a CPU rank: named as such.
+  Register([] {
+    WorkerCapabilities c = GpuWorker(1);
+    c.backends = {"cuda"};
+    return c;
+  }());
+  EXPECT_TRUE(Acquire(w2, 1).empty());
+  EXPECT_THAT(Trial(e, 0).waiting,
+              HasSubstr("only 2 of the 3 alive workers could take a rank even when idle"));
+  // A third CPU worker: the gang is placed and its trial no longer waits.
+  Register(CpuWorker());
+  ASSERT_EQ(Acquire(w1, 1).size(), 1u);
+  EXPECT_EQ(Trial(e, 0).state, TrialState::kLeased);
+  EXPECT_EQ(Trial(e, 0).waiting, "");
+}
+
+TEST_F(GangTest, PendingGangNamesTheWorkersThatCanTakeARankNow) {
+  const std::string e = Submit(MakeSweep({Cpu(), Cpu(3)}));
+  const std::string w1 = Register(CpuWorker());
+  const std::string w2 = Register(CpuWorker());
+  const std::string w3 = Register(CpuWorker());
+  auto busy = Acquire(w3, 1);  // the ordinary trial fills w3's only slot
+  ASSERT_EQ(busy.size(), 1u);
+  EXPECT_EQ(busy[0].trial_id, "e1.t0");
+  EXPECT_TRUE(Acquire(w1, 1).empty());
+  EXPECT_EQ(Trial(e, 1).waiting,
+            "waiting for 3 workers that can each take a rank (a CPU trial slot); 2 can now (" +
+                w1 + ", " + w2 + "), 3 alive");
+  EXPECT_EQ(Trial(e, 0).waiting, "");  // not pending
+  ASSERT_TRUE(coordinator_->ReportResult(w3, busy[0].attempt_id, Success()).ok());
+  ASSERT_EQ(Acquire(w1, 1).size(), 1u);
+  EXPECT_EQ(Trial(e, 1).state, TrialState::kLeased);
+  EXPECT_EQ(Trial(e, 1).waiting, "");
+}
+
+TEST_F(GangTest, CudaGangWaitingReasonNamesGpusAndMemory) {
+  TrialRequirements r = Cuda(2, 2);
+  r.gpu_memory_bytes = int64_t{40} << 30;
+  const std::string e = Submit(MakeSweep({r}));
+  const std::string w1 = Register(GpuWorker(2));
+  Register(GpuWorker(1));
+  EXPECT_TRUE(Acquire(w1, 1).empty());
+  EXPECT_THAT(Trial(e, 0).waiting,
+              HasSubstr("waiting for 2 workers that can each take a rank (2 GPUs of 40.00 GiB)"));
+  EXPECT_THAT(Trial(e, 0).waiting, HasSubstr("only 1 of the 2 alive workers"));
+}
+
 TEST_F(GangTest, EachRankIsRenewedByItsOwnWorkerAndOneExpiryEndsTheAttempt) {
   std::string e, w1, w2;
   auto ranks = PlaceGangOfTwo(&e, &w1, &w2);
