@@ -22,49 +22,12 @@
 #include "engine/weights.h"
 #include "gtest/gtest.h"
 #include "kvcache/registry.h"
+#include "tests/gang/gang_pipe.h"
 
 namespace kvscope::engine {
 namespace {
 
-// Two ends of an in-memory channel. Closing one end makes the other's calls fail.
-class Pipe {
- public:
-  class End final : public GangChannel {
-   public:
-    End(Pipe* pipe, int side) : pipe_(pipe), side_(side) {}
-    ~End() override { pipe_->Close(); }
-    absl::Status Send(const std::string& frame) override {
-      std::lock_guard<std::mutex> lock(pipe_->mu_);
-      if (pipe_->closed_) return absl::UnavailableError("pipe closed");
-      pipe_->queues_[1 - side_].push_back(frame);
-      pipe_->cv_.notify_all();
-      return absl::OkStatus();
-    }
-    absl::StatusOr<std::string> Receive(double) override {
-      std::unique_lock<std::mutex> lock(pipe_->mu_);
-      pipe_->cv_.wait(lock, [&] { return pipe_->closed_ || !pipe_->queues_[side_].empty(); });
-      if (pipe_->queues_[side_].empty()) return absl::UnavailableError("pipe closed");
-      std::string frame = std::move(pipe_->queues_[side_].front());
-      pipe_->queues_[side_].pop_front();
-      return frame;
-    }
-
-   private:
-    Pipe* pipe_;
-    int side_;
-  };
-  void Close() {
-    std::lock_guard<std::mutex> lock(mu_);
-    closed_ = true;
-    cv_.notify_all();
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<std::string> queues_[2];
-  bool closed_ = false;
-};
+using ::kvscope::testing::Pipe;
 
 std::shared_ptr<const ModelWeights> TinyWeights() {
   auto config = PresetConfig("llama-tiny");
