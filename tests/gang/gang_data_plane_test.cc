@@ -24,7 +24,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kvcache/registry.h"
-#include "tests/gang/gang_pipe.h"
+#include "tests/gang/gang_test_util.h"
 
 namespace kvscope::engine {
 namespace {

@@ -22,12 +22,13 @@
 #include "engine/weights.h"
 #include "gtest/gtest.h"
 #include "kvcache/registry.h"
-#include "tests/gang/gang_pipe.h"
+#include "tests/gang/gang_test_util.h"
 
 namespace kvscope::engine {
 namespace {
 
 using ::kvscope::testing::Pipe;
+using ::kvscope::testing::ServeKeepingLogits;
 
 std::shared_ptr<const ModelWeights> TinyWeights() {
   auto config = PresetConfig("llama-tiny");
@@ -81,22 +82,6 @@ EngineOptions Options(kvcache::KvManager* manager, int first, int local, LocalCo
   return o;
 }
 
-// Serves the requests through `forward`, keeping every step's logits.
-ServingResult Serve(kvcache::KvManager& kv, const std::vector<RequestSpec>& requests,
-                    const StepForward& forward, std::vector<std::vector<float>>* logits) {
-  ServingOptions serving;
-  serving.scheduler.max_model_len = 256;
-  serving.scheduler.max_num_batched_tokens = 32;  // chunked prefill, several steps
-  return RunServing(
-      [&](absl::Span<const SeqInput> batch,
-          const kvcache::StepPlan& plan) -> absl::StatusOr<ForwardOutput> {
-        absl::StatusOr<ForwardOutput> out = forward(batch, plan);
-        if (out.ok()) logits->push_back(out->logits);
-        return out;
-      },
-      kv, requests, serving);
-}
-
 class GangDriverTest : public ::testing::TestWithParam<Strategy> {};
 
 TEST_P(GangDriverTest, ServesBitwiseLikeOneProcess) {
@@ -119,7 +104,7 @@ TEST_P(GangDriverTest, ServesBitwiseLikeOneProcess) {
   ASSERT_TRUE(driver_engine.ok()) << driver_engine.status();
   ASSERT_TRUE(follower_engine.ok()) << follower_engine.status();
   std::vector<std::vector<float>> single_logits;
-  const ServingResult expected = Serve(
+  const ServingResult expected = ServeKeepingLogits(
       *single_kv, requests,
       [&](absl::Span<const SeqInput> b, const kvcache::StepPlan&) { return (*single)->Forward(b); },
       &single_logits);
@@ -144,7 +129,7 @@ TEST_P(GangDriverTest, ServesBitwiseLikeOneProcess) {
   });
   GangDriver driver(driver_engine->get(), &driver_kv, std::move(followers), GangDriverOptions{});
   std::vector<std::vector<float>> gang_logits;
-  const ServingResult got = Serve(
+  const ServingResult got = ServeKeepingLogits(
       driver_kv, requests,
       [&](absl::Span<const SeqInput> b, const kvcache::StepPlan&) { return driver.Forward(b); },
       &gang_logits);
@@ -213,7 +198,7 @@ TEST(GangDriverFailureTest, AFollowerThatFailsFailsTheDriverWithItsMessage) {
     r.prompt.resize(40, 7);
     r.arrival_s = 0.05 * static_cast<double>(r.id);
   }
-  const ServingResult got = Serve(
+  const ServingResult got = ServeKeepingLogits(
       driver_kv, requests,
       [&](absl::Span<const SeqInput> b, const kvcache::StepPlan&) { return driver.Forward(b); },
       &logits);

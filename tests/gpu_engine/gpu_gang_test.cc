@@ -34,7 +34,7 @@
 #include "kvcache/registry.h"
 #include "tests/gpu_engine/gpu_engine_test_util.h"
 #include "tests/gpu_kernels/gpu_test_util.h"
-#include "tests/gang/gang_pipe.h"
+#include "tests/gang/gang_test_util.h"
 
 namespace kvscope::engine::cuda {
 namespace {
@@ -44,6 +44,7 @@ using ::kvscope::testing::PresetWeights;
 using ::testing::HasSubstr;
 
 using ::kvscope::testing::Pipe;
+using ::kvscope::testing::ServeKeepingLogits;
 
 std::vector<RequestSpec> Requests(const ModelConfig& config) {
   std::vector<RequestSpec> requests;
@@ -85,22 +86,6 @@ GpuEngineOptions Options(DType dtype, kvcache::KvManager* manager) {
   return o;
 }
 
-// Serves the requests through `forward`, keeping every step's logits.
-ServingResult Serve(kvcache::KvManager& kv, const std::vector<RequestSpec>& requests,
-                    const StepForward& forward, std::vector<std::vector<float>>* logits) {
-  ServingOptions serving;
-  serving.scheduler.max_model_len = 256;
-  serving.scheduler.max_num_batched_tokens = 32;  // chunked prefill, several steps
-  return RunServing(
-      [&](absl::Span<const SeqInput> batch,
-          const kvcache::StepPlan& plan) -> absl::StatusOr<ForwardOutput> {
-        absl::StatusOr<ForwardOutput> out = forward(batch, plan);
-        if (out.ok()) logits->push_back(out->logits);
-        return out;
-      },
-      kv, requests, serving);
-}
-
 class GpuGangTest : public ::testing::TestWithParam<Strategy> {};
 
 TEST_P(GpuGangTest, Tp2AsTwoProcessesOnOneGpuEqualsOneProcessBitwise) {
@@ -117,7 +102,7 @@ TEST_P(GpuGangTest, Tp2AsTwoProcessesOnOneGpuEqualsOneProcessBitwise) {
     auto single = GpuEngine::Create(weights, Options(dtype, single_kv.get()));
     ASSERT_TRUE(single.ok()) << single.status();
     std::vector<std::vector<float>> single_logits;
-    const ServingResult expected = Serve(
+    const ServingResult expected = ServeKeepingLogits(
         *single_kv, requests,
         [&](absl::Span<const SeqInput> b,
             const kvcache::StepPlan& plan) -> absl::StatusOr<ForwardOutput> {
@@ -163,7 +148,7 @@ TEST_P(GpuGangTest, Tp2AsTwoProcessesOnOneGpuEqualsOneProcessBitwise) {
     GangDriver driver(driver_engine->get(), &driver_kv, std::move(followers),
                       GangDriverOptions{});
     std::vector<std::vector<float>> gang_logits;
-    const ServingResult got = Serve(
+    const ServingResult got = ServeKeepingLogits(
         driver_kv, requests,
         [&](absl::Span<const SeqInput> b, const kvcache::StepPlan& plan) {
           return driver.Forward(b, &plan);

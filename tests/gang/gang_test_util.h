@@ -1,19 +1,23 @@
-// File: tests/gang/gang_pipe.h
+// File: tests/gang/gang_test_util.h
 //
-// An in-memory engine::GangChannel pair for the gang tests (driver and follower in one
-// process without sockets).
-#ifndef KVSCOPE_TESTS_GANG_GANG_PIPE_H_
-#define KVSCOPE_TESTS_GANG_GANG_PIPE_H_
+// What the gang tests share (CPU and GPU engines): an in-memory engine::GangChannel pair
+// (driver and follower in one process without sockets), and serving a request list while
+// keeping every step's logits.
+#ifndef KVSCOPE_TESTS_GANG_GANG_TEST_UTIL_H_
+#define KVSCOPE_TESTS_GANG_GANG_TEST_UTIL_H_
 
 #include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "engine/gang_channel.h"
+#include "engine/serving.h"
+#include "kvcache/kv_manager.h"
 
 namespace kvscope::testing {
 
@@ -65,6 +69,25 @@ class Pipe {
   bool closed_ = false;
 };
 
+// Serves `requests` through `forward` (chunked prefill: 32 tokens a step, max_model_len
+// 256), appending every successful step's logits to `logits`.
+inline engine::ServingResult ServeKeepingLogits(kvcache::KvManager& kv,
+                                                const std::vector<engine::RequestSpec>& requests,
+                                                const engine::StepForward& forward,
+                                                std::vector<std::vector<float>>* logits) {
+  engine::ServingOptions serving;
+  serving.scheduler.max_model_len = 256;
+  serving.scheduler.max_num_batched_tokens = 32;  // chunked prefill, several steps
+  return engine::RunServing(
+      [&](absl::Span<const engine::SeqInput> batch,
+          const kvcache::StepPlan& plan) -> absl::StatusOr<engine::ForwardOutput> {
+        absl::StatusOr<engine::ForwardOutput> out = forward(batch, plan);
+        if (out.ok()) logits->push_back(out->logits);
+        return out;
+      },
+      kv, requests, serving);
+}
+
 }  // namespace kvscope::testing
 
-#endif  // KVSCOPE_TESTS_GANG_GANG_PIPE_H_
+#endif  // KVSCOPE_TESTS_GANG_GANG_TEST_UTIL_H_
