@@ -17,7 +17,9 @@
 // callback for its ticket instead of waiting; a commit thread leads the commits that such
 // callbacks wait for and runs each callback once its ticket is durable. Whoever finishes a
 // commit (the commit thread or a synchronous caller leading one) runs the callbacks it made
-// due, after releasing commit_mu_.
+// due, after releasing commit_mu_. AwaitRendezvousAsync and CancelAwait, called on gRPC's
+// callback threads, take no lock but the rendezvous inbox's: the rendezvous thread takes
+// them up under mu_ (so a gRPC thread never waits for mu_, nor for the store behind it).
 //
 // Should a commit fail (disk full, I/O error), memory is ahead of the file: the coordinator
 // then refuses every further change with Unavailable until it is restarted, which rebuilds
@@ -310,6 +312,21 @@ class Coordinator::Impl {
     std::chrono::steady_clock::time_point deadline;
     Callback<absl::StatusOr<Rendezvous>> done;
   };
+  // An AwaitRendezvousAsync or CancelAwait call, queued for the rendezvous thread.
+  struct RendezvousCall {
+    int64_t handle = 0;
+    bool cancel = false;  // CancelAwait(handle); the fields below are AwaitRendezvousAsync's
+    std::string worker_id;
+    int64_t attempt_id = 0;
+    std::string gang_id;
+    int32_t rank = 0;
+    bool wait = false;  // may wait (until `deadline`) when the blob is not published yet
+    std::chrono::steady_clock::time_point deadline;
+    Callback<absl::StatusOr<Rendezvous>> done;
+  };
+  // An answer to send once the change that ended its attempt is durable: (ticket, answer).
+  using RendezvousAfterCommit =
+      std::tuple<int64_t, absl::Status, Callback<absl::StatusOr<Rendezvous>>>;
   struct Worker {
     std::string id;
     int64_t seq = 0;
@@ -349,6 +366,10 @@ class Coordinator::Impl {
                                     double elapsed_s, int64_t* ticket);
   absl::Status ReportResultLocked(const std::string& worker_id, int64_t attempt_id,
                                   const ResultReport& report, int64_t* ticket);
+  // Ends every lease not renewed within lease_seconds. When a store read fails part-way,
+  // the leases ended before it stay ended and are queued like any change (`*ticket`, with
+  // their rendezvous waiters), and the error is returned; the lease it failed on stays
+  // open, unchanged, for the next pass.
   absl::Status ExpireLeasesLocked(int64_t* ticket);
   // ReportResultLocked, then AcquireTrialsLocked when the report was accepted; `*ticket`
   // covers both.
@@ -371,6 +392,9 @@ class Coordinator::Impl {
   // Removes an open lease and its holds on its worker.
   void ReleaseLease(int64_t attempt_id);
   // After attempt `lease` ended without success (`reason`): pending again, or failed.
+  // Fails only when the trial is on its last attempt and reading its earlier attempts from
+  // the store fails; it has then changed nothing, in memory or in `op` (callers ending
+  // several attempts in one op rely on that).
   absl::Status RetryOrFail(const Lease& lease, const std::string& attempt_state,
                            const std::string& reason, Op* op);
   // Queues the op's writes for commit; returns the ticket to WaitDurable on (0: nothing to
@@ -403,9 +427,13 @@ class Coordinator::Impl {
   // Called with mu_ held before anything reads them.
   void FoldHeartbeats();
   absl::Status StaleError(int64_t attempt_id);
-  // FailedPrecondition unless `lease` is a gang's and `gang_id` names it (rendezvous calls).
-  static absl::Status CheckGang(const Lease& lease, int64_t attempt_id,
+  // FailedPrecondition unless attempt `attempt_id`, whose gang id is `attempt_gang_id`
+  // ("" for an ordinary attempt), is a gang and `gang_id` names it (rendezvous calls).
+  static absl::Status CheckGang(int64_t attempt_id, const std::string& attempt_gang_id,
                                 const std::string& gang_id);
+  // The FailedPrecondition of an AwaitRendezvous whose worker is not rank `rank`'s.
+  static absl::Status NotRankError(const std::string& worker_id, int32_t rank,
+                                   const std::string& gang_id);
   ExperimentInfo MakeInfo(const Experiment& e) const;
   static ExperimentState Derive(const Experiment& e);
   bool Fits(const Worker& w, const TrialRequirements& r, const std::vector<bool>& gpu_busy,
@@ -430,6 +458,9 @@ class Coordinator::Impl {
   // AwaitRendezvous up to the wait: the blob, nullopt to wait, or the refusal. Ends a
   // recovered gang whose rendezvous is lost (RendezvousLost), setting `*ticket`; for an
   // attempt that has ended, sets `*ticket` to the last queued one (its end may be queued).
+  // Checks the caller (gang id, rank, the rank's worker) for an ended attempt as for an
+  // open one, from the store: how an attempt ended is told to its own ranks only. Reads the
+  // store unless the attempt is open: called on the rendezvous thread only.
   absl::StatusOr<std::optional<Rendezvous>> AwaitCheckLocked(const std::string& worker_id,
                                                               int64_t attempt_id,
                                                               const std::string& gang_id,
@@ -438,7 +469,15 @@ class Coordinator::Impl {
   // Ends the recovered gang attempt `attempt_id` whose rendezvous was lost; returns the
   // Aborted status to answer.
   absl::Status EndLostRendezvousLocked(int64_t attempt_id, int64_t* ticket);
-  // Rendezvous thread body: times out waiters and runs the completions queued in rv_due_.
+  // Takes up one queued call on the rendezvous thread: answers it (rv_due_, or
+  // `after_commit` when the answer waits for a commit), registers its wait, or cancels one.
+  // `stopping`: the coordinator is being destroyed, so nothing new waits.
+  void TakeRendezvousCallLocked(RendezvousCall call, bool stopping,
+                                std::vector<RendezvousAfterCommit>* after_commit);
+  // Tells the rendezvous thread that rv_due_ or rv_waiters_ changed. Called with mu_ held.
+  void WakeRendezvousThread();
+  // Rendezvous thread body: takes up the queued calls, times out waiters and runs the
+  // completions queued in rv_due_.
   void RendezvousLoop();
 
   Store* const store_;
@@ -490,19 +529,29 @@ class Coordinator::Impl {
   bool stop_commits_ = false;
   std::thread commit_thread_;
 
-  // Gang rendezvous, guarded by mu_ (rv_cv_ waits on mu_). Blobs live in memory only.
+  // Gang rendezvous, guarded by mu_. Blobs live in memory only.
   std::unordered_map<int64_t, std::string> rendezvous_;  // attempt -> published blob
   std::map<int64_t, RendezvousWaiter> rv_waiters_;       // by handle
-  int64_t next_rv_handle_ = 1;
   // Completions for the rendezvous thread to run without mu_.
   std::vector<std::pair<Callback<absl::StatusOr<Rendezvous>>, absl::StatusOr<Rendezvous>>>
       rv_due_;
   // Waiters of attempts that the change being made ended (ReleaseLease): answered (Aborted)
   // once that change is durable; Finish hands them to the commit with its ticket.
   std::vector<std::pair<Callback<absl::StatusOr<Rendezvous>>, absl::Status>> rv_ended_;
-  std::condition_variable rv_cv_;
-  bool stop_rv_ = false;
   std::thread rv_thread_;
+
+  // The rendezvous thread's inbox. AwaitRendezvousAsync and CancelAwait run on gRPC's
+  // callback threads, so they never take mu_ (held across store reads and long scans, for
+  // as long as the store makes them wait): they only queue the call here, and the thread
+  // takes it up under mu_. rv_in_mu_ is a leaf lock (taken alone or after mu_, nothing taken
+  // while it is held), held only to queue, take or flag.
+  std::mutex rv_in_mu_;
+  std::condition_variable rv_in_cv_;   // rv_in_, rv_wake_ or stop_rv_ changed
+  std::vector<RendezvousCall> rv_in_;  // in call order
+  bool rv_wake_ = false;    // rv_due_ or rv_waiters_ changed since the thread last looked
+  bool stop_rv_ = false;    // ~Impl: answer every call and waiter, then return
+  bool rv_closed_ = false;  // the thread has returned: calls are answered by the caller
+  std::atomic<int64_t> next_rv_handle_{1};
 };
 
 // --- bookkeeping ---
@@ -819,7 +868,7 @@ int64_t Coordinator::Impl::Finish(Op* op) {
     if (!rv_ended_.empty()) {
       for (auto& [done, outcome] : rv_ended_) rv_due_.emplace_back(std::move(done), outcome);
       rv_ended_.clear();
-      rv_cv_.notify_all();
+      WakeRendezvousThread();
     }
     return 0;
   }
@@ -925,10 +974,10 @@ void Coordinator::Impl::StartCommitThread() {
 Coordinator::Impl::~Impl() {
   // The rendezvous thread first: it answers the waiters still there and may queue commits.
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::lock_guard<std::mutex> in(rv_in_mu_);
     stop_rv_ = true;
   }
-  rv_cv_.notify_all();
+  rv_in_cv_.notify_one();
   if (rv_thread_.joinable()) rv_thread_.join();
   {
     std::lock_guard<std::mutex> lock(commit_mu_);
@@ -1551,17 +1600,25 @@ absl::StatusOr<std::vector<TrialAssignment>> Coordinator::Impl::AcquireTrialsLoc
   return out;
 }
 
-absl::Status Coordinator::Impl::CheckGang(const Lease& lease, int64_t attempt_id,
+absl::Status Coordinator::Impl::CheckGang(int64_t attempt_id,
+                                          const std::string& attempt_gang_id,
                                           const std::string& gang_id) {
-  if (!lease.gang()) {
+  if (attempt_gang_id.empty()) {
     return absl::FailedPreconditionError(
         absl::StrCat("attempt ", attempt_id, " is not a gang; it has no rendezvous"));
   }
-  if (gang_id != lease.gang_id) {
+  if (gang_id != attempt_gang_id) {
     return absl::FailedPreconditionError(absl::StrCat("stale gang ", gang_id, ": attempt ",
-                                                      attempt_id, " is gang ", lease.gang_id));
+                                                      attempt_id, " is gang ", attempt_gang_id));
   }
   return absl::OkStatus();
+}
+
+absl::Status Coordinator::Impl::NotRankError(const std::string& worker_id, int32_t rank,
+                                             const std::string& gang_id) {
+  return absl::FailedPreconditionError(
+      absl::StrCat("worker ", worker_id, " is not rank ", rank, " of gang ", gang_id,
+                   "; ask with the worker_id and rank of this worker's own assignment"));
 }
 
 absl::Status Coordinator::Impl::StaleError(int64_t attempt_id) {
@@ -1650,6 +1707,12 @@ absl::Status Coordinator::Impl::RetryOrFail(const Lease& lease, const std::strin
                                             const std::string& reason, Op* op) {
   Trial& t = trials_[lease.trial];
   const Experiment& e = experiments_[t.experiment];
+  const bool retry = t.attempt_count < t.max_attempts;
+  // The only step that can fail comes first, before anything is changed.
+  std::vector<AttemptRow> earlier;  // for a failed trial: the reasons of every attempt
+  if (!retry) {
+    KVSCOPE_ASSIGN_OR_RETURN(earlier, store_->ListTrialAttempts(t.id));
+  }
   AttemptChange a;
   a.id = lease.attempt_id;
   a.state = attempt_state;
@@ -1664,7 +1727,7 @@ absl::Status Coordinator::Impl::RetryOrFail(const Lease& lease, const std::strin
     where = absl::StrCat("gang ", lease.gang_id, " (", absl::StrJoin(workers, ","), ")");
   }
   t.progress_dirty = false;
-  if (t.attempt_count < t.max_attempts) {
+  if (retry) {
     SetTrialState(lease.trial, TrialState::kPending, op);
     AddEvent(op, e.id, t.id, lease.attempt_id, attempt_state == "expired" ? "expiry" : "failure",
              absl::StrCat("attempt ", lease.number, " on ", where, " ", attempt_state,
@@ -1672,7 +1735,6 @@ absl::Status Coordinator::Impl::RetryOrFail(const Lease& lease, const std::strin
                           t.max_attempts, " attempts used)"));
   } else {
     // The reasons of every attempt, the earlier ones from the store.
-    KVSCOPE_ASSIGN_OR_RETURN(std::vector<AttemptRow> earlier, store_->ListTrialAttempts(t.id));
     std::vector<std::string> reasons;
     for (const AttemptRow& r : earlier) {
       if (r.id == lease.attempt_id) continue;
@@ -1799,6 +1861,7 @@ absl::Status Coordinator::Impl::ExpireLeasesLocked(int64_t* ticket) {
   const auto period = static_cast<int64_t>(options_.lease_seconds * 1e9);
   FoldHeartbeats();
   Op op;
+  absl::Status status;
   std::vector<std::pair<Lease, size_t>> expired;  // and the first rank that expired
   for (const auto& [id, lease] : leases_) {
     for (size_t r = 0; r < lease.ranks.size(); ++r) {
@@ -1820,12 +1883,23 @@ absl::Status Coordinator::Impl::ExpireLeasesLocked(int64_t* ticket) {
                             " s (lease period ", options_.lease_seconds, " s)",
                             h.delivered ? "" : "; the worker never asked for it");
     }
-    KVSCOPE_RETURN_IF_ERROR(RetryOrFail(lease, "expired", reason, &op));
+    const absl::Status ended = RetryOrFail(lease, "expired", reason, &op);
+    if (!ended.ok()) {
+      // Stop here, but keep what this pass already changed: it is queued below like any
+      // change (leaving it out would put memory ahead of the store for good).
+      status = absl::Status(
+          ended.code(),
+          absl::StrCat("expiring the lease of attempt ", lease.attempt_id, " (trial ",
+                       trials_[lease.trial].id, "): ", ended.message(),
+                       "; it stays open and is expired at the next pass once the store "
+                       "can be read again (the leases expired before it are committed)"));
+      break;
+    }
     ReleaseLease(lease.attempt_id);
   }
   FlushSoftState(&op);
   *ticket = Finish(&op);
-  return absl::OkStatus();
+  return status;
 }
 
 // --- gang rendezvous ---
@@ -1847,7 +1921,7 @@ absl::Status Coordinator::Impl::PublishRendezvous(const std::string& worker_id,
   auto it = leases_.find(attempt_id);
   if (it == leases_.end()) return StaleError(attempt_id);
   const Lease& lease = it->second;
-  KVSCOPE_RETURN_IF_ERROR(CheckGang(lease, attempt_id, gang_id));
+  KVSCOPE_RETURN_IF_ERROR(CheckGang(attempt_id, lease.gang_id, gang_id));
   if (lease.worker_id() != worker_id) {
     return absl::FailedPreconditionError(
         absl::StrCat("only rank 0 of gang ", gang_id, " (worker ", lease.worker_id(),
@@ -1872,7 +1946,7 @@ absl::Status Coordinator::Impl::PublishRendezvous(const std::string& worker_id,
     w = rv_waiters_.erase(w);
     woke = true;
   }
-  if (woke) rv_cv_.notify_all();
+  if (woke) WakeRendezvousThread();
   return absl::OkStatus();
 }
 
@@ -1911,6 +1985,19 @@ absl::StatusOr<std::optional<Rendezvous>> Coordinator::Impl::AwaitCheckLocked(
   if (it == leases_.end()) {
     KVSCOPE_ASSIGN_OR_RETURN(std::optional<AttemptRow> row, store_->GetAttempt(attempt_id));
     if (!row) return absl::NotFoundError(absl::StrCat("unknown attempt ", attempt_id));
+    // Only a worker that held this rank of this gang hears how it ended.
+    KVSCOPE_RETURN_IF_ERROR(CheckGang(attempt_id, row->gang_id, gang_id));
+    std::string holder;  // the worker of `rank`; "" for no such rank
+    if (rank == 0) {
+      holder = row->worker_id;
+    } else if (rank > 0 && rank < row->world_size) {
+      KVSCOPE_ASSIGN_OR_RETURN(std::vector<AttemptRankRow> ranks,
+                               store_->ListAttemptRanks(attempt_id));
+      for (const AttemptRankRow& r : ranks) {
+        if (r.rank == rank) holder = r.worker_id;
+      }
+    }
+    if (holder.empty() || holder != worker_id) return NotRankError(worker_id, rank, gang_id);
     // Its end may still be queued: answer once everything queued is durable.
     *ticket = LastTicket();
     return absl::AbortedError(absl::StrCat(
@@ -1919,11 +2006,10 @@ absl::StatusOr<std::optional<Rendezvous>> Coordinator::Impl::AwaitCheckLocked(
         "; stop this rank"));
   }
   const Lease& lease = it->second;
-  KVSCOPE_RETURN_IF_ERROR(CheckGang(lease, attempt_id, gang_id));
+  KVSCOPE_RETURN_IF_ERROR(CheckGang(attempt_id, lease.gang_id, gang_id));
   if (rank < 0 || static_cast<size_t>(rank) >= lease.ranks.size() ||
       lease.ranks[static_cast<size_t>(rank)].worker_id != worker_id) {
-    return absl::FailedPreconditionError(absl::StrCat("worker ", worker_id, " is not rank ", rank,
-                                                      " of gang ", gang_id));
+    return NotRankError(worker_id, rank, gang_id);
   }
   auto published = rendezvous_.find(attempt_id);
   if (published != rendezvous_.end()) {
@@ -1940,50 +2026,84 @@ int64_t Coordinator::Impl::AwaitRendezvousAsync(const std::string& worker_id, in
                                                 const std::string& gang_id, int32_t rank,
                                                 double timeout_seconds,
                                                 Callback<absl::StatusOr<Rendezvous>> done) {
-  int64_t ticket = 0;
-  absl::StatusOr<std::optional<Rendezvous>> now;
+  // Only queues the call (no mu_, no store): the rendezvous thread takes it up.
+  RendezvousCall call;
+  call.handle = next_rv_handle_.fetch_add(1);
+  call.worker_id = worker_id;
+  call.attempt_id = attempt_id;
+  call.gang_id = gang_id;
+  call.rank = rank;
+  const double wait = std::min(timeout_seconds, options_.rendezvous_wait_seconds);
+  call.wait = wait > 0;
+  if (call.wait) {
+    call.deadline = std::chrono::steady_clock::now() +
+                    std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                        std::chrono::duration<double>(wait));
+  }
+  call.done = std::move(done);
+  const int64_t handle = call.handle;
   {
-    std::lock_guard<std::mutex> lock(mu_);
-    now = AwaitCheckLocked(worker_id, attempt_id, gang_id, rank, &ticket);
-    const double wait = std::min(timeout_seconds, options_.rendezvous_wait_seconds);
-    if (now.ok() && !now->has_value() && wait > 0 && !stop_rv_) {
-      const int64_t handle = next_rv_handle_++;
-      RendezvousWaiter waiter;
-      waiter.attempt_id = attempt_id;
-      waiter.deadline = std::chrono::steady_clock::now() +
-                        std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-                            std::chrono::duration<double>(wait));
-      waiter.done = std::move(done);
-      rv_waiters_.emplace(handle, std::move(waiter));
-      rv_cv_.notify_all();
+    std::lock_guard<std::mutex> in(rv_in_mu_);
+    if (!rv_closed_) {
+      rv_in_.push_back(std::move(call));
+      rv_in_cv_.notify_one();
       return handle;
     }
   }
-  if (ticket != 0) {  // the attempt ended (maybe by this call): answer once that is durable
-    WhenDurable(ticket, [outcome = now.status(), done = std::move(done)](absl::Status s) {
-      done(s.ok() ? outcome : s);
-    });
-    return 0;
-  }
-  if (!now.ok()) {
-    done(now.status());
-  } else if (now->has_value()) {
-    done(**std::move(now));
-  } else {
-    done(absl::DeadlineExceededError(absl::StrCat(
-        "rank 0 has not published the rendezvous of gang ", gang_id, " yet; ask again")));
-  }
+  call.done(absl::UnavailableError("the coordinator is shutting down; ask again"));
   return 0;
 }
 
 void Coordinator::Impl::CancelAwait(int64_t handle) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto w = rv_waiters_.find(handle);
-  if (w == rv_waiters_.end()) return;
-  rv_due_.emplace_back(std::move(w->second.done),
-                       absl::CancelledError("the wait for the rendezvous was cancelled"));
-  rv_waiters_.erase(w);
-  rv_cv_.notify_all();
+  RendezvousCall call;
+  call.handle = handle;
+  call.cancel = true;
+  std::lock_guard<std::mutex> in(rv_in_mu_);
+  if (rv_closed_) return;  // every wait was answered when the thread stopped
+  rv_in_.push_back(std::move(call));
+  rv_in_cv_.notify_one();
+}
+
+void Coordinator::Impl::WakeRendezvousThread() {
+  std::lock_guard<std::mutex> in(rv_in_mu_);
+  rv_wake_ = true;
+  rv_in_cv_.notify_one();
+}
+
+void Coordinator::Impl::TakeRendezvousCallLocked(
+    RendezvousCall call, bool stopping, std::vector<RendezvousAfterCommit>* after_commit) {
+  if (call.cancel) {
+    auto w = rv_waiters_.find(call.handle);
+    if (w == rv_waiters_.end()) return;  // answered already
+    rv_due_.emplace_back(std::move(w->second.done),
+                         absl::CancelledError("the wait for the rendezvous was cancelled"));
+    rv_waiters_.erase(w);
+    return;
+  }
+  int64_t ticket = 0;
+  absl::StatusOr<std::optional<Rendezvous>> now =
+      AwaitCheckLocked(call.worker_id, call.attempt_id, call.gang_id, call.rank, &ticket);
+  if (ticket != 0) {  // the attempt ended (maybe by this call): answer once that is durable
+    after_commit->emplace_back(ticket, now.status(), std::move(call.done));
+  } else if (!now.ok()) {
+    rv_due_.emplace_back(std::move(call.done), now.status());
+  } else if (now->has_value()) {
+    rv_due_.emplace_back(std::move(call.done), **std::move(now));
+  } else if (call.wait && !stopping) {
+    RendezvousWaiter waiter;
+    waiter.attempt_id = call.attempt_id;
+    waiter.deadline = call.deadline;
+    waiter.done = std::move(call.done);
+    rv_waiters_.emplace(call.handle, std::move(waiter));
+  } else if (stopping) {
+    rv_due_.emplace_back(std::move(call.done),
+                         absl::UnavailableError("the coordinator is shutting down; ask again"));
+  } else {
+    rv_due_.emplace_back(std::move(call.done),
+                         absl::DeadlineExceededError(absl::StrCat(
+                             "rank 0 has not published the rendezvous of gang ", call.gang_id,
+                             " yet; ask again")));
+  }
 }
 
 absl::StatusOr<Rendezvous> Coordinator::Impl::AwaitRendezvous(const std::string& worker_id,
@@ -2007,59 +2127,79 @@ absl::StatusOr<Rendezvous> Coordinator::Impl::AwaitRendezvous(const std::string&
 }
 
 void Coordinator::Impl::RendezvousLoop() {
-  std::unique_lock<std::mutex> lock(mu_);
+  constexpr auto kNoWaiter = std::chrono::steady_clock::time_point::max();
+  auto next_deadline = kNoWaiter;  // the earliest waiter's
   for (;;) {
-    const auto now = std::chrono::steady_clock::now();
-    std::vector<int64_t> timed_out;
-    for (const auto& [handle, w] : rv_waiters_) {
-      if (stop_rv_ || w.deadline <= now) timed_out.push_back(handle);
+    std::vector<RendezvousCall> calls;
+    bool stopping = false;
+    {
+      std::unique_lock<std::mutex> in(rv_in_mu_);
+      const auto ready = [&] { return rv_wake_ || stop_rv_ || !rv_in_.empty(); };
+      if (next_deadline == kNoWaiter) {
+        rv_in_cv_.wait(in, ready);
+      } else {
+        rv_in_cv_.wait_until(in, next_deadline, ready);
+      }
+      calls.swap(rv_in_);
+      rv_wake_ = false;
+      stopping = stop_rv_;
     }
-    // Waiters whose call ended a gang: (ticket, answer, done), answered once durable.
-    std::vector<std::tuple<int64_t, absl::Status, Callback<absl::StatusOr<Rendezvous>>>>
-        after_commit;
-    for (int64_t handle : timed_out) {
-      auto w = rv_waiters_.find(handle);
-      if (w == rv_waiters_.end()) continue;  // answered meanwhile (its gang ended)
-      RendezvousWaiter waiter = std::move(w->second);
-      rv_waiters_.erase(w);
-      if (stop_rv_) {
+    // Completions to run without mu_ (taken from rv_due_).
+    std::vector<std::pair<Callback<absl::StatusOr<Rendezvous>>, absl::StatusOr<Rendezvous>>>
+        due;
+    // Waiters whose call ended a gang, or found it ended: answered once that is durable.
+    std::vector<RendezvousAfterCommit> after_commit;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (RendezvousCall& call : calls) {
+        TakeRendezvousCallLocked(std::move(call), stopping, &after_commit);
+      }
+      const auto now = std::chrono::steady_clock::now();
+      std::vector<int64_t> timed_out;
+      for (const auto& [handle, w] : rv_waiters_) {
+        if (stopping || w.deadline <= now) timed_out.push_back(handle);
+      }
+      for (int64_t handle : timed_out) {
+        auto w = rv_waiters_.find(handle);
+        if (w == rv_waiters_.end()) continue;  // answered meanwhile (its gang ended)
+        RendezvousWaiter waiter = std::move(w->second);
+        rv_waiters_.erase(w);
+        if (stopping) {
+          rv_due_.emplace_back(std::move(waiter.done), absl::UnavailableError(
+                                   "the coordinator is shutting down; ask again"));
+          continue;
+        }
+        auto lease = leases_.find(waiter.attempt_id);
+        if (lease != leases_.end() && RendezvousLost(lease->second)) {
+          int64_t ticket = 0;
+          absl::Status ended = EndLostRendezvousLocked(waiter.attempt_id, &ticket);
+          after_commit.emplace_back(ticket, std::move(ended), std::move(waiter.done));
+          continue;
+        }
+        const std::string gang = lease != leases_.end() ? lease->second.gang_id : std::string();
         rv_due_.emplace_back(std::move(waiter.done),
-                             absl::UnavailableError("the coordinator is shutting down; ask again"));
-        continue;
+                             absl::DeadlineExceededError(absl::StrCat(
+                                 "rank 0 has not published the rendezvous of gang ", gang,
+                                 " yet; ask again")));
       }
-      auto lease = leases_.find(waiter.attempt_id);
-      if (lease != leases_.end() && RendezvousLost(lease->second)) {
-        int64_t ticket = 0;
-        absl::Status ended = EndLostRendezvousLocked(waiter.attempt_id, &ticket);
-        after_commit.emplace_back(ticket, std::move(ended), std::move(waiter.done));
-        continue;
+      next_deadline = kNoWaiter;
+      for (const auto& [handle, w] : rv_waiters_) {
+        next_deadline = std::min(next_deadline, w.deadline);
       }
-      const std::string gang = lease != leases_.end() ? lease->second.gang_id : std::string();
-      rv_due_.emplace_back(std::move(waiter.done),
-                           absl::DeadlineExceededError(absl::StrCat(
-                               "rank 0 has not published the rendezvous of gang ", gang,
-                               " yet; ask again")));
+      due.swap(rv_due_);
     }
-    if (!rv_due_.empty() || !after_commit.empty()) {
-      auto due = std::move(rv_due_);
-      rv_due_.clear();
-      lock.unlock();
-      for (auto& [done, outcome] : due) done(std::move(outcome));
-      for (auto& [ticket, ended, done] : after_commit) {
-        WhenDurable(ticket, [outcome = ended, done = std::move(done)](absl::Status s) {
-          done(s.ok() ? outcome : s);
-        });
-      }
-      lock.lock();
-      continue;
+    for (auto& [done, outcome] : due) done(std::move(outcome));
+    for (auto& [ticket, ended, done] : after_commit) {
+      WhenDurable(ticket, [outcome = ended, done = std::move(done)](absl::Status s) {
+        done(s.ok() ? outcome : s);
+      });
     }
-    if (stop_rv_) return;
-    if (rv_waiters_.empty()) {
-      rv_cv_.wait(lock);
-    } else {
-      auto earliest = rv_waiters_.begin()->second.deadline;
-      for (const auto& [handle, w] : rv_waiters_) earliest = std::min(earliest, w.deadline);
-      rv_cv_.wait_until(lock, earliest);
+    if (stopping) {
+      std::lock_guard<std::mutex> in(rv_in_mu_);
+      if (rv_in_.empty()) {
+        rv_closed_ = true;
+        return;
+      }
     }
   }
 }
@@ -2235,11 +2375,14 @@ void Coordinator::Impl::CancelAsync(const std::string& id, Callback<absl::Status
 
 absl::Status Coordinator::Impl::ExpireLeases() {
   int64_t ticket = 0;
+  absl::Status expired;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    KVSCOPE_RETURN_IF_ERROR(ExpireLeasesLocked(&ticket));
+    expired = ExpireLeasesLocked(&ticket);
   }
-  return WaitDurable(ticket);
+  // What a pass that failed part-way did change is queued too: durable before returning.
+  KVSCOPE_RETURN_IF_ERROR(WaitDurable(ticket));
+  return expired;
 }
 
 // --- Coordinator ---

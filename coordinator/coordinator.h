@@ -278,8 +278,10 @@ class Coordinator {
   // once when it is published, else blocks until it is, the attempt ends, or
   // min(timeout_seconds, rendezvous_wait_seconds) of real time pass (DeadlineExceeded: ask
   // again). Aborted when the attempt ended (before or during the wait: stop the rank);
-  // FailedPrecondition for a `gang_id`, rank or worker that is not this attempt's;
-  // NotFound for an unknown attempt or worker.
+  // FailedPrecondition for a `gang_id`, rank or worker that is not this attempt's, checked
+  // the same way (from the store) once the attempt has ended, so that only a worker that
+  // held rank `rank` of this gang learns how it ended; NotFound for an unknown attempt or
+  // worker.
   // After a coordinator restart the blobs are gone. A gang attempt found open at start
   // keeps its leases (ranks that joined run on: the rendezvous is only needed to start),
   // and rank 0 may publish again; but once rendezvous_wait_seconds have passed on the
@@ -312,20 +314,29 @@ class Coordinator {
                                    const ResultReport& report, int32_t max_next_trials,
                                    Callback<absl::StatusOr<std::vector<TrialAssignment>>> done);
   void CancelAsync(const std::string& experiment_id, Callback<absl::Status> done);
-  // AwaitRendezvous without blocking: `done` runs once, on this thread when the outcome is
-  // known at once, else on the coordinator's rendezvous thread (publish, timeout, cancel)
-  // or, for the end of the attempt (Aborted), on the thread that commits that end, once it
-  // is durable (a failed commit answers its error instead). Returns a handle for
-  // CancelAwait, 0 when `done` already ran.
+  // AwaitRendezvous without blocking, for gRPC's callback threads: it takes neither the
+  // coordinator's lock nor the store, only a queue lock held to append the call, and
+  // returns at once. The coordinator's rendezvous thread takes the calls up in call order
+  // (checks, store reads for an ended attempt, registering the wait). `done` runs once:
+  // on the rendezvous thread (answered at once, publish, timeout, cancel, shutdown) or,
+  // for the end of the attempt (Aborted), on the thread that commits that end, once it is
+  // durable (a failed commit answers its error instead); it may run before this returns.
+  // Returns a handle for CancelAwait; 0 only once the coordinator is being destroyed, when
+  // `done` already ran on this thread with Unavailable.
   int64_t AwaitRendezvousAsync(const std::string& worker_id, int64_t attempt_id,
                                const std::string& gang_id, int32_t rank,
                                double timeout_seconds, Callback<absl::StatusOr<Rendezvous>> done);
   // Ends a wait of AwaitRendezvousAsync early (its `done` gets Cancelled, on the rendezvous
-  // thread); nothing when it already finished. For a gRPC call the client cancelled.
+  // thread); nothing when it already finished. For a gRPC call the client cancelled. Like
+  // AwaitRendezvousAsync it only queues the request (no coordinator lock) and returns at
+  // once; taken up after the calls queued before it, so it may follow the await at once.
   void CancelAwait(int64_t handle);
 
   // Expires leases whose renewal is older than lease_seconds on the clock. The daemon
-  // calls it every second; tests call it after advancing a FakeClock.
+  // calls it every second; tests call it after advancing a FakeClock. Should a store read
+  // fail part-way (ending a trial's last attempt reads its earlier ones), the pass stops
+  // there with that error, but only once the leases it ended before are committed; the
+  // lease it stopped at stays open, unchanged, for the next pass.
   // Also writes what is kept in memory between state changes: heartbeat times of workers
   // and progress of running trials (so a crash loses at most about a second of those).
   absl::Status ExpireLeases();

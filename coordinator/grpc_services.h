@@ -134,6 +134,8 @@ class WorkerServiceImpl final : public v1::WorkerService::CallbackService {
   // Waits without holding a thread (Coordinator::AwaitRendezvousAsync) for at most
   // min(the call's deadline, CoordinatorOptions::rendezvous_wait_seconds); a call the
   // client cancels (or a server shutdown) ends the wait at once.
+  // Runs on gRPC's thread: AwaitRendezvousAsync and CancelAwait only queue the call for
+  // the Coordinator's rendezvous thread (no Coordinator lock), so it never blocks there.
   grpc::ServerUnaryReactor* AwaitRendezvous(grpc::CallbackServerContext* context,
                                             const v1::AwaitRendezvousRequest* request,
                                             v1::AwaitRendezvousResponse* response) override;

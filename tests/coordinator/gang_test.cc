@@ -12,10 +12,12 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <sqlite3.h>
 
+#include "absl/strings/str_cat.h"
 #include "common/clock.h"
 #include "coordinator/coordinator.h"
 #include "coordinator/store.h"
@@ -748,6 +750,209 @@ TEST_F(GangTest, AwaitAfterAnEndThatIsNotDurableIsNotAborted) {
   EXPECT_EQ(got.status().code(), absl::StatusCode::kUnavailable) << got.status();
   Open();
   EXPECT_EQ(Trial(e, 0).state, TrialState::kLeased);
+}
+
+
+// Runs `sql` on a second connection to the store at `path` (as another process would).
+int SqlOnOtherConnection(const std::string& path, const char* sql) {
+  sqlite3* other = nullptr;
+  int rc = sqlite3_open(path.c_str(), &other);
+  if (rc == SQLITE_OK) rc = sqlite3_exec(other, sql, nullptr, nullptr, nullptr);
+  sqlite3_close(other);
+  return rc;
+}
+
+// Review fix: a store read that fails part-way through an expiry pass (here: the earlier
+// attempts of a trial on its last attempt, read to list its failure reasons) must not drop
+// what the pass already changed. The leases it ended are committed, and their rendezvous
+// waiters told, before ExpireLeases returns the error; the lease the read failed for stays
+// open and untouched, and the next pass expires it.
+TEST_F(GangTest, ExpiryThatFailsPartWayCommitsWhatItAlreadyEnded) {
+  std::string e, w1, w2;
+  auto ranks = PlaceGangOfTwo(&e, &w1, &w2);  // max_attempts 3: retried on expiry
+  ASSERT_EQ(ranks.size(), 2u);
+  const int64_t gang_attempt = ranks[0].attempt_id;
+  const std::string gang = ranks[0].gang->gang_id;
+  const std::string last = Submit(MakeSweep({Cpu()}, /*max_attempts=*/1));
+  const std::string w3 = Register(CpuWorker());
+  auto plain = Acquire(w3, 1);  // its trial's last attempt: its expiry reads the store
+  ASSERT_EQ(plain.size(), 1u);
+  ASSERT_GT(plain[0].attempt_id, gang_attempt);  // so the pass ends the gang first
+
+  std::mutex m;
+  std::condition_variable cv;
+  std::optional<absl::StatusOr<Rendezvous>> got;
+  ASSERT_NE(coordinator_->AwaitRendezvousAsync(w2, gang_attempt, gang, 1, 60,
+                                               [&](absl::StatusOr<Rendezvous> r) {
+                                                 std::lock_guard<std::mutex> lock(m);
+                                                 got = std::move(r);
+                                                 cv.notify_all();
+                                               }),
+            0);
+  // Calls are taken up in order: once this one is answered, the wait above is registered.
+  EXPECT_EQ(coordinator_->AwaitRendezvous(w2, gang_attempt, gang, 1, 0).status().code(),
+            absl::StatusCode::kDeadlineExceeded);
+
+  clock_.AdvanceSeconds(kLease + 1);
+  // Reading a trial's attempts needs the column `number`; the commit does not.
+  ASSERT_EQ(SqlOnOtherConnection(path_, "ALTER TABLE attempts RENAME COLUMN number TO n2"),
+            SQLITE_OK);
+  const absl::Status expired = coordinator_->ExpireLeases();
+  {
+    std::unique_lock<std::mutex> lock(m);
+    EXPECT_TRUE(cv.wait_for(lock, std::chrono::seconds(5), [&] { return got.has_value(); }));
+  }
+  ASSERT_EQ(SqlOnOtherConnection(path_, "ALTER TABLE attempts RENAME COLUMN n2 TO number"),
+            SQLITE_OK);
+  EXPECT_FALSE(expired.ok());
+  EXPECT_THAT(std::string(expired.message()),
+              HasSubstr(absl::StrCat("attempt ", plain[0].attempt_id)));
+  EXPECT_EQ(got.has_value() ? got->status().code() : absl::StatusCode::kUnknown,
+            absl::StatusCode::kAborted);
+
+  // Durable when ExpireLeases returned: the gang's end...
+  auto gang_row = store_->GetAttempt(gang_attempt);
+  ASSERT_TRUE(gang_row.ok() && gang_row->has_value()) << gang_row.status();
+  EXPECT_EQ((*gang_row)->state, "expired");
+  auto trial_rows = store_->ListTrials(e);
+  ASSERT_TRUE(trial_rows.ok()) << trial_rows.status();
+  EXPECT_EQ((*trial_rows)[0].state, "pending");
+  // ...and nothing of the attempt whose read failed, in the store or in memory.
+  auto plain_row = store_->GetAttempt(plain[0].attempt_id);
+  ASSERT_TRUE(plain_row.ok() && plain_row->has_value()) << plain_row.status();
+  EXPECT_EQ((*plain_row)->state, "leased");
+  EXPECT_EQ(Trial(e, 0).state, TrialState::kPending);
+  EXPECT_EQ(Trial(last, 0).state, TrialState::kLeased);
+
+  // The next pass expires it; a restart finds both ends.
+  ASSERT_TRUE(coordinator_->ExpireLeases().ok());
+  EXPECT_EQ(Trial(last, 0).state, TrialState::kFailed);
+  Open();
+  TrialInfo retried = Trial(e, 0);
+  EXPECT_EQ(retried.state, TrialState::kPending);
+  ASSERT_EQ(retried.attempts.size(), 1u);
+  EXPECT_EQ(retried.attempts[0].state, "expired");
+  EXPECT_EQ(Trial(last, 0).state, TrialState::kFailed);
+}
+
+// Review fix: how an attempt ended is told only to its own ranks. An AwaitRendezvous for an
+// ended attempt is checked like one for an open attempt (gang id, rank number, the worker
+// that held that rank), from the store, so also after a restart.
+TEST_F(GangTest, AwaitForAnEndedAttemptAnswersOnlyItsOwnRanks) {
+  std::string e, w1, w2;
+  auto ranks = PlaceGangOfTwo(&e, &w1, &w2, {Cpu()});
+  ASSERT_EQ(ranks.size(), 2u);
+  const int64_t attempt = ranks[0].attempt_id;
+  const std::string gang = ranks[0].gang->gang_id;
+  const std::string w3 = Register(CpuWorker());
+  auto plain = Acquire(w3, 1);
+  ASSERT_EQ(plain.size(), 1u);
+  ASSERT_TRUE(coordinator_->ReportResult(w1, attempt, Failure("bind failed")).ok());
+  ASSERT_TRUE(coordinator_->ReportResult(w3, plain[0].attempt_id, Success()).ok());
+
+  auto check = [&](const std::string& when) {
+    SCOPED_TRACE(when);
+    // Its ranks (rank 0 included) hear that it ended, and how.
+    for (const auto& [worker, rank] : {std::pair(w2, 1), std::pair(w1, 0)}) {
+      auto own = coordinator_->AwaitRendezvous(worker, attempt, gang, rank, 0);
+      EXPECT_EQ(own.status().code(), absl::StatusCode::kAborted) << own.status();
+      EXPECT_THAT(std::string(own.status().message()), HasSubstr("bind failed"));
+    }
+    // Anyone else is refused as for an open attempt, and learns nothing of the outcome.
+    struct Ask {
+      std::string worker;
+      int64_t attempt;
+      std::string gang;
+      int32_t rank;
+    };
+    const std::vector<Ask> refused = {
+        {w3, attempt, gang, 1},         // a worker that held no rank of it
+        {w1, attempt, gang, 1},         // a rank of it, but not this one
+        {w2, attempt, gang, 0},
+        {w2, attempt, gang, 2},         // no such rank
+        {w2, attempt, gang, -1},
+        {w2, attempt, gang + "x", 1},   // another gang id
+        {w3, plain[0].attempt_id, gang, 0},  // an ordinary attempt has no rendezvous
+    };
+    for (const Ask& ask : refused) {
+      auto other = coordinator_->AwaitRendezvous(ask.worker, ask.attempt, ask.gang, ask.rank, 0);
+      EXPECT_EQ(other.status().code(), absl::StatusCode::kFailedPrecondition)
+          << ask.worker << " rank " << ask.rank << ": " << other.status();
+      EXPECT_THAT(std::string(other.status().message()), ::testing::Not(HasSubstr("bind")));
+    }
+    EXPECT_EQ(coordinator_->AwaitRendezvous(w2, 9999, gang, 1, 0).status().code(),
+              absl::StatusCode::kNotFound);
+  };
+  check("before a restart");
+  Open();
+  check("after a restart");
+}
+
+// Review fix: AwaitRendezvousAsync and CancelAwait are called on gRPC's callback threads, so
+// they must return at once even while the coordinator's lock is held for long. Here a call
+// holds it while it reads the store, which waits behind a commit that waits for another
+// connection's lock.
+TEST_F(GangTest, AsyncAwaitAndCancelDoNotWaitForTheCoordinatorLock) {
+  StoreOptions store_options;
+  // Long enough that the old code (calls waiting for the coordinator's lock behind the
+  // blocked commit) would take seconds, far above the bound asserted below.
+  store_options.busy_timeout_seconds = 10;
+  Open(store_options);
+  std::string e, w1, w2;
+  auto ranks = PlaceGangOfTwo(&e, &w1, &w2);
+  ASSERT_EQ(ranks.size(), 2u);
+  const int64_t attempt = ranks[0].attempt_id;
+  const std::string gang = ranks[0].gang->gang_id;
+  sqlite3* other = nullptr;
+  ASSERT_EQ(sqlite3_open(path_.c_str(), &other), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(other, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr), SQLITE_OK);
+  // A commit that holds the store while it waits for `other`...
+  std::thread committer(
+      [&] { EXPECT_TRUE(coordinator_->ReportProgress(w1, attempt, 1, 10, 0.5).ok()); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  // ...and a stale report that holds the coordinator's lock while it reads the store.
+  std::thread reader([&] {
+    EXPECT_EQ(coordinator_->ReportResult(w2, 9999, Success()).code(), absl::StatusCode::kNotFound);
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+
+  std::mutex m;
+  std::condition_variable cv;
+  std::optional<absl::StatusOr<Rendezvous>> published, cancelled;
+  const auto start = std::chrono::steady_clock::now();
+  const int64_t waiting = coordinator_->AwaitRendezvousAsync(
+      w2, attempt, gang, 1, 60, [&](absl::StatusOr<Rendezvous> r) {
+        std::lock_guard<std::mutex> lock(m);
+        published = std::move(r);
+        cv.notify_all();
+      });
+  const int64_t to_cancel = coordinator_->AwaitRendezvousAsync(
+      w2, attempt, gang, 1, 60, [&](absl::StatusOr<Rendezvous> r) {
+        std::lock_guard<std::mutex> lock(m);
+        cancelled = std::move(r);
+        cv.notify_all();
+      });
+  coordinator_->CancelAwait(to_cancel);
+  const auto took = std::chrono::steady_clock::now() - start;
+  ASSERT_EQ(sqlite3_exec(other, "ROLLBACK", nullptr, nullptr, nullptr), SQLITE_OK);
+  sqlite3_close(other);
+  committer.join();
+  reader.join();
+  EXPECT_LT(took, std::chrono::milliseconds(3000));
+  EXPECT_NE(waiting, 0);
+  EXPECT_NE(to_cancel, 0);
+
+  // Calls are taken up in order: once this one is answered, the wait and the cancel above
+  // have been (so the publish below cannot overtake the cancel).
+  EXPECT_EQ(coordinator_->AwaitRendezvous(w2, attempt, gang, 1, 0).status().code(),
+            absl::StatusCode::kDeadlineExceeded);
+  ASSERT_TRUE(coordinator_->PublishRendezvous(w1, attempt, gang, "blob").ok());
+  std::unique_lock<std::mutex> lock(m);
+  ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(5),
+                          [&] { return published.has_value() && cancelled.has_value(); }));
+  ASSERT_TRUE(published->ok()) << published->status();
+  EXPECT_EQ((*published)->blob, "blob");
+  EXPECT_EQ(cancelled->status().code(), absl::StatusCode::kCancelled);
 }
 
 }  // namespace
