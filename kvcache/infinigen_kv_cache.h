@@ -11,10 +11,13 @@
 //                                             the layer picks one), where Speculate copies
 //                                             the selected tokens' K/V.
 // On the CPU both regions are one allocation so the attention op reads them through one
-// KvPoolView. The GPU engine (engine/cuda/gpu_infinigen.h) keeps the same slot numbering on
-// the device, the host region in pinned host memory, selects on the device and records the
-// outcome here (RecordSpeculation); with KvManagerContext::host_kv_storage false this cache
-// then allocates no K/V or partial keys (Speculate refuses, FailedPrecondition).
+// KvPoolView. The GPU engine (engine/cuda/gpu_infinigen.h) keeps the host region in pinned
+// host memory at the same slots (the dense layers also in a device pool), numbers each
+// step's device copies of the offloaded layers in a working pool of its own
+// (engine/infinigen_offload_plan.h: prefetch slot s at s - FirstPrefetchSlot()), selects on
+// the device and records the outcome here (RecordSpeculation); with
+// KvManagerContext::host_kv_storage false this cache then allocates no K/V or partial keys
+// (Speculate refuses, FailedPrecondition).
 // Partial key cache, per layer >= dense_layers (default 2): [host_slots][kv_heads]
 // [partial_dim] skewed key columns (written in OnAttention from the keys the layer stored).
 //
@@ -102,6 +105,11 @@ class InfinigenKvCache final : public KvCache {
   }
   // The step index (into the step's sequences and SeqViews) of sparse sequence r.
   int32_t SparseStepIndex(int32_t r) const { return spec_seq_[r]; }
+  // This step's prefetch region: the first slot of the parity-0 buffer (after the host
+  // slots, block-aligned) and the distance from it to the parity-1 buffer (a multiple of the
+  // block size); PrefetchSlot(layer, r) - FirstPrefetchSlot() < 2 * PrefetchBufferSlots().
+  int64_t FirstPrefetchSlot() const { return staging_base_[0]; }
+  int64_t PrefetchBufferSlots() const { return staging_base_[1] - staging_base_[0]; }
   // Records layer `layer`'s selection made elsewhere, as Speculate would have left it
   // without copying any K/V: counts[r] = n' of sparse sequence r; positions[(r * kv_heads +
   // kh) * stride + j], j < counts[r], the selected positions (ascending, from

@@ -71,16 +71,18 @@ absl::StatusOr<std::unique_ptr<GpuEngine>> GpuEngine::Create(
       shard_options.num_kv_blocks = pool.num_blocks;
     }
     // infinigen: the skewing matrices are calibrated on the host model (as the CPU engine
-    // does, so both engines get the same ones), and the device pool holds the host slots
-    // (at most the manager's capacity) plus the two prefetch buffers (at most twice that).
+    // does, so both engines get the same ones); only the dense layers get a device pool, of
+    // the host slots (at most the manager's capacity); the offloaded layers' K/V stay in the
+    // shard's pinned host pool of the same size (gpu_infinigen.h).
     auto* infinigen = dynamic_cast<kvcache::InfinigenKvCache*>(&cache);
     if (infinigen != nullptr) {
       KVSCOPE_RETURN_IF_ERROR(PrepareInfinigen(*engine->weights_, cache));
+      shard_options.kv_layers = infinigen->manager().dense_layers();
       if (options.shard.num_kv_blocks == 0) {
         const int64_t block = kvcache::InfinigenKvManager::kBlockSize;
         shard_options.block_size = static_cast<int32_t>(block);
         shard_options.num_kv_blocks =
-            (3 * infinigen->manager().CapacityTokens() + 3 * block) / block + 1;
+            (infinigen->manager().CapacityTokens() + block - 1) / block + 1;
       }
     }
     absl::StatusOr<std::unique_ptr<GpuModelShard>> created =
@@ -88,16 +90,24 @@ absl::StatusOr<std::unique_ptr<GpuEngine>> GpuEngine::Create(
     if (!created.ok() && infinigen != nullptr && options.shard.num_kv_blocks == 0 &&
         absl::IsResourceExhausted(created.status())) {
       return absl::ResourceExhaustedError(absl::StrCat(
-          created.status().message(), "; infinigen on the GPU does not offload yet: its device "
-          "pool holds every layer's K/V for the manager's whole capacity (",
-          infinigen->manager().CapacityTokens(), " tokens) plus two prefetch buffers, 3x what "
-          "the KV budget buys; lower memory.kv_bytes (or run infinigen on the CPU backend)"));
+          created.status().message(), "; infinigen's dense layers (",
+          infinigen->manager().dense_layers(), ") get a device pool for the manager's capacity (",
+          infinigen->manager().CapacityTokens(), " tokens); lower memory.kv_bytes"));
     }
     if (!created.ok()) return created.status();
     std::unique_ptr<GpuModelShard> shard = std::move(*created);
     if (infinigen != nullptr) {
-      KVSCOPE_RETURN_IF_ERROR(shard->EnableInfinigen(*engine->weights_, *infinigen->skew(),
-                                                     infinigen->manager().dense_layers()));
+      const absl::Status enabled = shard->EnableInfinigen(
+          *engine->weights_, *infinigen->skew(), infinigen->manager().dense_layers());
+      if (absl::IsResourceExhausted(enabled)) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            enabled.message(), "; infinigen allocates, for the manager's whole capacity (",
+            infinigen->manager().CapacityTokens(),
+            " tokens), a pinned host pool with the K/V of layers >= dense_layers (",
+            infinigen->manager().dense_layers(),
+            ") and their partial keys on the device; lower memory.kv_bytes"));
+      }
+      KVSCOPE_RETURN_IF_ERROR(enabled);
     }
     // Swap space mirroring the cache's host pool (paged with preemption_mode=swap).
     if (auto* managed = dynamic_cast<kvcache::ManagedKvCache*>(&cache); managed != nullptr) {

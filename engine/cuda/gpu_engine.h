@@ -67,8 +67,9 @@ struct GpuEngineOptions {
   // gives the device pool its block size and block count unless shard.num_kv_blocks is set;
   // otherwise its block size must be shard.block_size. An infinigen cache (InfinigenKvCache)
   // is calibrated here (PrepareInfinigen, on the host model) and enabled on every shard
-  // (GpuModelShard::EnableInfinigen); unless shard.num_kv_blocks is set, its device pool gets
-  // room for 3 x the manager's CapacityTokens (host slots + two prefetch buffers).
+  // (GpuModelShard::EnableInfinigen); its shards get a device pool for the dense layers only
+  // (shard.kv_layers = dense_layers) with, unless shard.num_kv_blocks is set, room for the
+  // manager's CapacityTokens host slots; the other layers' K/V live in pinned host memory.
   std::function<std::unique_ptr<kvcache::KvCache>(const kvcache::KvShape&, int rank)> kv_factory;
   int64_t max_kv_tokens = 0;  // 0 = unbounded (the device pool still bounds it)
 };

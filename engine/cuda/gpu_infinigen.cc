@@ -180,7 +180,8 @@ absl::Status GpuInfinigen::Init(const ModelWeights& w, const InfinigenShard& ig)
   }
 
   if (sparse == 0) return absl::OkStatus();
-  // Partial keys and the pinned host pool, over the device pools' slots.
+  // Partial keys and the pinned host pool, over the host slots (the dense layers' device
+  // pool has one block per host block).
   const CudaKvPool& p0 = s.pools[0];
   partial_layer_bytes_ =
       AlignUp(p0.num_slots() * p0.num_kv_heads * pd * static_cast<int64_t>(es), 256);
@@ -214,26 +215,62 @@ int64_t GpuInfinigen::device_bytes() const {
                                    partial_keys_.bytes() + step_dev_.bytes() + x_rows_.bytes() +
                                    q_rows_.bytes() + partial_q_.bytes() + scores_.bytes() +
                                    gather_packed_.bytes());
+  b += static_cast<int64_t>(working_k_.bytes() + working_v_.bytes());
   for (const DeviceBuffer& x : qp_weight_) b += static_cast<int64_t>(x.bytes());
   for (const DeviceBuffer& x : qp_bias_) b += static_cast<int64_t>(x.bytes());
   return b;
 }
 
 absl::Status GpuInfinigen::PrepareStep(kvcache::InfinigenKvCache& cache,
-                                       absl::Span<const kernels::SeqKvView> views) {
+                                       absl::Span<const kernels::SeqKvView> host_views,
+                                       absl::Span<const kernels::SeqKvView> dev_views,
+                                       absl::Span<const kvcache::SeqStep> steps,
+                                       absl::Span<const int32_t> first_rows,
+                                       absl::Span<const int32_t> new_slots) {
   num_sparse_ = 0;
+  prepared_ = false;
   alpha_ = cache.manager().alpha();
   if (cache.skew() != &skew_) {
     return absl::FailedPreconditionError(
         "infinigen on the GPU: the cache's skewing matrices are not the ones the shard was "
         "enabled with (GpuModelShard::EnableInfinigen)");
   }
+  const int64_t sparse = num_layers_ - dense_layers_;
+  if (sparse == 0) return absl::OkStatus();
+  const int32_t N = static_cast<int32_t>(host_views.size());
+  if (dev_views.size() != host_views.size() || steps.size() != host_views.size() ||
+      first_rows.size() != host_views.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "infinigen on the GPU: a step of ", host_views.size(), " host views has ",
+        dev_views.size(), " device views, ", steps.size(), " sequences and ", first_rows.size(),
+        " first rows"));
+  }
   const absl::Span<const int32_t> rows = cache.SpeculationRows();
   const int32_t S = static_cast<int32_t>(rows.size());
-  const int64_t sparse = num_layers_ - dense_layers_;
-  if (S == 0 || sparse == 0) return absl::OkStatus();
   const int32_t K = static_cast<int32_t>(shard_.kv_heads);
-  const int32_t N = static_cast<int32_t>(views.size());
+
+  // The working-pool numbering (engine/infinigen_offload_plan.h).
+  std::vector<bool> is_sparse(static_cast<size_t>(N), false);
+  for (int32_t r = 0; r < S; ++r) is_sparse[cache.SparseStepIndex(r)] = true;
+  std::vector<OffloadSeq> seqs(static_cast<size_t>(N));
+  for (int32_t i = 0; i < N; ++i) {
+    const kernels::SeqKvView& v = host_views[i];
+    if (!is_sparse[i] && v.head_stride != 0) {
+      return absl::InternalError(
+          "infinigen on the GPU: a sequence that attends to every token has per-head lists");
+    }
+    seqs[i].slots = absl::MakeConstSpan(v.slots, v.num_cached);
+    seqs[i].positions = absl::MakeConstSpan(v.positions, v.num_cached);
+    seqs[i].start_position = steps[i].start_position;
+    seqs[i].num_new_tokens = steps[i].num_new_tokens;
+    seqs[i].first_row = first_rows[i];
+    seqs[i].sparse = is_sparse[i];
+  }
+  const int64_t first_prefetch = cache.FirstPrefetchSlot();
+  KVSCOPE_ASSIGN_OR_RETURN(
+      const OffloadPlan plan,
+      PlanOffloadStep(seqs, new_slots, 2 * cache.PrefetchBufferSlots(), shard_.pools[0].block_size));
+
   int32_t max_pos = 1, max_sel = 1;
   for (int32_t r = 0; r < S; ++r) {
     const int32_t p = cache.SparsePosition(r);
@@ -247,6 +284,7 @@ absl::Status GpuInfinigen::PrepareStep(kvcache::InfinigenKvCache& cache,
   sel_stride_ = P;
   view_stride_ = V;
   num_step_seqs_ = N;
+  num_history_rows_ = static_cast<int64_t>(plan.history_src.size()) * K;
 
   Layout& lay = lay_;
   int64_t at = 0;  // int32 elements
@@ -255,12 +293,18 @@ absl::Status GpuInfinigen::PrepareStep(kvcache::InfinigenKvCache& cache,
     at = AlignUp(at + n, 4);
     return o;
   };
+  static_assert(sizeof(kernels::cuda::GatherRow) == 3 * sizeof(int32_t) &&
+                    alignof(kernels::cuda::GatherRow) == alignof(int32_t),
+                "GatherRow must be three packed int32 (it travels in the int32 step buffer)");
   lay.spec_rows = take(S);
   lay.spec_pos = take(S);
   lay.max_num_kv = take(S);
   lay.new_slot = take(S);
   lay.new_pos = take(S);
   lay.view_index = take(S);
+  lay.fresh = take(static_cast<int64_t>(plan.fresh_slots.size()));
+  lay.lists = take(static_cast<int64_t>(plan.lists.size()));
+  lay.history = take(3 * num_history_rows_);
   lay.dst_base = take(sparse * S);
   lay.num_cands = take(sparse * S);
   lay.cand_rows = take(sparse * S * K * C);
@@ -280,7 +324,17 @@ absl::Status GpuInfinigen::PrepareStep(kvcache::InfinigenKvCache& cache,
 
   int32_t* h = step_host_.as<int32_t>();
   char* dev = step_dev_.as<char>();
-  const int64_t num_slots = shard_.pools[0].num_slots();
+  std::copy(plan.fresh_slots.begin(), plan.fresh_slots.end(), h + lay.fresh);
+  std::copy(plan.lists.begin(), plan.lists.end(), h + lay.lists);
+  kernels::cuda::GatherRow* hist = reinterpret_cast<kernels::cuda::GatherRow*>(h + lay.history);
+  for (size_t g = 0; g < plan.history_src.size(); ++g) {
+    for (int32_t kh = 0; kh < K; ++kh) {
+      kernels::cuda::GatherRow& row = hist[g * K + kh];
+      row.src_slot = plan.history_src[g];
+      row.dst_slot = plan.history_dst[g];
+      row.head = kh;
+    }
+  }
   cand_pos_host_.assign(static_cast<size_t>(sparse * S * K * C), 0);
   cand_rows_host_.assign(static_cast<size_t>(sparse * S * K * C), 0);
   std::vector<std::vector<int32_t>> cands;
@@ -289,22 +343,17 @@ absl::Status GpuInfinigen::PrepareStep(kvcache::InfinigenKvCache& cache,
     h[lay.spec_rows + r] = rows[r];
     h[lay.spec_pos + r] = p;
     h[lay.max_num_kv + r] = cache.SparseMaxNumKv(r);
-    h[lay.new_slot + r] = cache.SparseSlot(r, p);
+    h[lay.new_slot + r] = plan.fresh_slots[rows[r]];  // the new token's working slot
     h[lay.new_pos + r] = p;
     h[lay.view_index + r] = cache.SparseStepIndex(r);
   }
+  const int32_t* dev_lists = reinterpret_cast<const int32_t*>(dev) + lay.lists;
   for (int64_t li = 0; li < sparse; ++li) {
     const int32_t layer = static_cast<int32_t>(dense_layers_ + li);
     for (int32_t r = 0; r < S; ++r) {
-      const int64_t base = cache.PrefetchSlot(layer, r);
-      const int32_t p = cache.SparsePosition(r);
-      if (base + std::min(cache.SparseMaxNumKv(r), p) > num_slots) {
-        return absl::ResourceExhaustedError(absl::StrCat(
-            "infinigen: layer ", layer, "'s prefetch buffer reaches slot ",
-            base + std::min(cache.SparseMaxNumKv(r), p) - 1, " but the GPU pool has ", num_slots,
-            " slots; give the GPU pool more blocks (num_kv_blocks)"));
-      }
-      h[lay.dst_base + li * S + r] = static_cast<int32_t>(base);
+      // The layer's prefetch buffer, in the working pool's numbering.
+      h[lay.dst_base + li * S + r] =
+          static_cast<int32_t>(cache.PrefetchSlot(layer, r) - first_prefetch);
       cache.SpeculationCandidates(layer, r, &cands);
       const int32_t n = cands.empty() ? 0 : static_cast<int32_t>(cands[0].size());
       h[lay.num_cands + li * S + r] = n;
@@ -322,7 +371,12 @@ absl::Status GpuInfinigen::PrepareStep(kvcache::InfinigenKvCache& cache,
     }
     kernels::SeqKvView* hv = reinterpret_cast<kernels::SeqKvView*>(
         reinterpret_cast<char*>(h) + lay.views + li * N * sizeof(kernels::SeqKvView));
-    for (int32_t i = 0; i < N; ++i) hv[i] = views[i];
+    for (int32_t i = 0; i < N; ++i) {
+      if (is_sparse[i]) continue;
+      // Every token: the fresh and gathered rows, at the positions the shard uploaded.
+      hv[i] = kernels::SeqKvView{dev_lists + plan.list_begin[i], dev_views[i].positions,
+                                 host_views[i].num_cached, 0};
+    }
     for (int32_t r = 0; r < S; ++r) {
       kernels::SeqKvView& v = hv[cache.SparseStepIndex(r)];
       const int64_t list = (li * S + r) * K * static_cast<int64_t>(V);
@@ -337,22 +391,34 @@ absl::Status GpuInfinigen::PrepareStep(kvcache::InfinigenKvCache& cache,
                                                cudaMemcpyHostToDevice, stream_));
   h2d_bytes_ += upload_ints * 4;
 
-  // Scratch.
+  // The working pool (contents need not survive: every slot a view lists is written this step).
   const size_t es = DTypeSize(shard_.dtype);
-  const int64_t q_width =
-      std::max<int64_t>(shard_.heads * shard_.head_dim, shard_.heads * partial_dim_);
-  KVSCOPE_RETURN_IF_ERROR(Reserve(x_rows_, S * shard_.hidden * es));
-  KVSCOPE_RETURN_IF_ERROR(Reserve(q_rows_, S * q_width * es));
-  KVSCOPE_RETURN_IF_ERROR(Reserve(partial_q_, S * shard_.heads * partial_dim_ * sizeof(float)));
-  KVSCOPE_RETURN_IF_ERROR(Reserve(scores_, S * shard_.heads * C * sizeof(double)));
-  const int64_t readback_ints = lay.selected - lay.counts + sparse * S * K * P;
-  KVSCOPE_RETURN_IF_ERROR(ReservePinned(readback_, static_cast<size_t>(readback_ints * 4)));
+  working_ = shard_.pools[0];
+  working_.num_blocks = plan.num_slots / working_.block_size;
+  const size_t half = static_cast<size_t>(working_.num_blocks * working_.block_elems()) * es;
+  KVSCOPE_RETURN_IF_ERROR(Reserve(working_k_, half));
+  KVSCOPE_RETURN_IF_ERROR(Reserve(working_v_, half));
+  working_.k = working_k_.data();
+  working_.v = working_v_.data();
+
+  // Scratch.
+  if (S > 0) {
+    const int64_t q_width =
+        std::max<int64_t>(shard_.heads * shard_.head_dim, shard_.heads * partial_dim_);
+    KVSCOPE_RETURN_IF_ERROR(Reserve(x_rows_, S * shard_.hidden * es));
+    KVSCOPE_RETURN_IF_ERROR(Reserve(q_rows_, S * q_width * es));
+    KVSCOPE_RETURN_IF_ERROR(Reserve(partial_q_, S * shard_.heads * partial_dim_ * sizeof(float)));
+    KVSCOPE_RETURN_IF_ERROR(Reserve(scores_, S * shard_.heads * C * sizeof(double)));
+    const int64_t readback_ints = lay.selected - lay.counts + sparse * S * K * P;
+    KVSCOPE_RETURN_IF_ERROR(ReservePinned(readback_, static_cast<size_t>(readback_ints * 4)));
+  }
   num_sparse_ = S;
+  prepared_ = true;
   return absl::OkStatus();
 }
 
 const kernels::SeqKvView* GpuInfinigen::Views(int64_t layer) const {
-  if (!Speculated(layer)) return nullptr;
+  if (!prepared_ || !Offloaded(layer)) return nullptr;
   return reinterpret_cast<const kernels::SeqKvView*>(
       step_dev_.as<char>() + lay_.views +
       LayerIndex(layer) * num_step_seqs_ * static_cast<int64_t>(sizeof(kernels::SeqKvView)));
@@ -447,7 +513,7 @@ absl::Status GpuInfinigen::Speculate(int64_t layer, const void* normed, int64_t 
   a.view_index = base + lay_.view_index;
   KVSCOPE_RETURN_IF_ERROR(BuildSelectionViews(a, st));
   if (gather_ == InfinigenGather::kZeroCopy) {
-    return GatherSelectionZeroCopy(a, mapped_pools_[li], shard_.pools[target], st);
+    return GatherSelectionZeroCopy(a, mapped_pools_[li], working_, st);
   }
   return GatherCopyEngine(target);
 }
@@ -497,22 +563,37 @@ absl::Status GpuInfinigen::GatherCopyEngine(int64_t layer) {
   return kernels::cuda::GatherCopyEngine(host_pools_[li], gather_rows_.data(), n,
                                          gather_staging_.data(), gather_staging_.bytes(),
                                          gather_packed_.data(), gather_packed_.bytes(),
-                                         shard_.pools[layer], stream_, &h2d_bytes_);
+                                         working_, stream_, &h2d_bytes_);
 }
 
 absl::Status GpuInfinigen::AfterWriteKv(int64_t layer, const void* k, const void* v,
                                         const int32_t* slots, int64_t tokens,
                                         int64_t written_rows) {
-  if (layer < dense_layers_ || tokens == 0) return absl::OkStatus();
+  if (!Offloaded(layer) || tokens == 0) return absl::OkStatus();
+  if (!prepared_) {
+    return absl::FailedPreconditionError("infinigen on the GPU: AfterWriteKv before PrepareStep");
+  }
   const int64_t li = LayerIndex(layer);
+  // store_cache: the host pool at the host slots.
   KVSCOPE_RETURN_IF_ERROR(kernels::cuda::WriteKv(mapped_pools_[li], k, v, shard_.qkv_w, slots,
                                                  tokens, shard_.error_flag, stream_));
   d2h_bytes_ += kernels::cuda::GatherBytes(written_rows * shard_.kv_heads,
                                            static_cast<int32_t>(shard_.head_dim), shard_.dtype);
-  return kernels::cuda::WritePartialKeys(
-      shard_.pools[layer], slots, static_cast<int32_t>(tokens),
+  // The step's attention reads the new rows on the device.
+  KVSCOPE_RETURN_IF_ERROR(kernels::cuda::WriteKv(working_, k, v, shard_.qkv_w,
+                                                 step_dev_.as<int32_t>() + lay_.fresh, tokens,
+                                                 shard_.error_flag, stream_));
+  // Partial keys: read on the device (the fresh rows), stored at the host slots.
+  KVSCOPE_RETURN_IF_ERROR(kernels::cuda::WritePartialKeys(
+      working_, step_dev_.as<int32_t>() + lay_.fresh, static_cast<int32_t>(tokens),
       columns_k_.as<int32_t>() + li * shard_.kv_heads * partial_dim_, partial_dim_,
-      partial_keys_.as<char>() + li * partial_layer_bytes_, stream_);
+      partial_keys_.as<char>() + li * partial_layer_bytes_, stream_, /*dst_rows=*/slots));
+  if (num_history_rows_ == 0) return absl::OkStatus();
+  // The earlier tokens of the sequences that attend to all of them (load_cache).
+  return kernels::cuda::GatherZeroCopy(
+      mapped_pools_[li],
+      reinterpret_cast<const kernels::cuda::GatherRow*>(step_dev_.as<int32_t>() + lay_.history),
+      num_history_rows_, working_, stream_, &h2d_bytes_);
 }
 
 absl::Status GpuInfinigen::FinishStep(kvcache::InfinigenKvCache& cache) {

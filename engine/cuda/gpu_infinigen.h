@@ -5,17 +5,32 @@
 // engine/infinigen_forward.h and InfinigenKvCache::Speculate do on the CPU, with the same
 // numbers of tokens selected, so that the selections equal the CPU engine's.
 //
-// Where the KV lives (per rank, per layer; slots are the host cache's numbering):
-//   device pool (the shard's)  every layer: K/V at the tokens' host slots (WriteKv, for the
-//                              dense layers' attention and every prefill), and, for layers
-//                              >= dense_layers, the two prefetch buffers at the cache's
-//                              prefetch slots (InfinigenKvCache::PrefetchSlot, parity of the
-//                              layer), where the selected rows are gathered.
-//   host pool (pinned, mapped) layers >= dense_layers: every token's K/V, written by the
-//                              device straight into mapped memory in the layer's WriteKv (the
-//                              reference's store_cache); the source of every gather.
-//   partial keys (device)      layers >= dense_layers: [slots][kv_heads][partial_dim] of the
-//                              dtype (WritePartialKeys after the layer's WriteKv).
+// Where the KV lives (per rank; the host slots are the host cache's numbering):
+//   dense layers (< dense_layers)  the shard's device pool, every token at its host slot
+//                                  (prefill and decode attend there, as in any cache).
+//   offloaded layers (>= dense)    no K/V on the device between steps (the reference's
+//                                  "KV cache 100 % CPU"): the shard allocates no device pool
+//                                  for them (GpuShardOptions::kv_layers = dense_layers).
+//     host pool (pinned, mapped)   every token's K/V at its host slot, written by the device
+//                                  straight into mapped memory in the layer's AfterWriteKv
+//                                  (the reference's store_cache); the source of every gather.
+//     working pool (device)        one per shard, shared by the offloaded layers, numbered
+//                                  per step as engine/infinigen_offload_plan.h lays out: the
+//                                  two prefetch buffers (the layer's parity picks one), the
+//                                  step's new K/V (written there too), and the earlier
+//                                  tokens of sequences that attend to every token (a prefill
+//                                  chunk after the first), gathered from the host pool in
+//                                  each offloaded layer by zero-copy reads. Grows with the
+//                                  largest step; reported as workspace.
+//     partial keys (device)        [host slots][kv_heads][partial_dim] of the dtype per
+//                                  offloaded layer (WritePartialKeys, from the working
+//                                  pool's fresh rows), about partial_ratio / 2 of a layer's
+//                                  K/V.
+// The working pool is outside the KV budget (as the activation workspace): prefetch buffers
+// (2 x the step's sparse sequences' max_num_kv), the step's tokens and a chunked prefill's
+// earlier tokens, one layer's worth each; the dense pool is sized for the manager's
+// CapacityTokens, which already count the prefetch buffers as tokens, so the device KV
+// memory overshoots the budget by those (small) terms.
 // Weights: OPT has the skew folded into this rank's q and k rows (the CPU's folded matrices,
 // InfinigenShard, uploaded as the shard's fused qkv) plus a partial query weight per layer
 // [heads * d', hidden]; Llama keeps its weights and skews q and k after RoPE on the device
@@ -29,32 +44,33 @@
 //                   (SpeculationCandidates: every earlier live token), InfinigenSpeculatedCount
 //                   (alpha = the manager's), InfinigenTopK (kernels/cuda/infinigen_ops.h);
 //   views           the layer's attention lists on the device: per KV head the n' prefetch
-//                   slots (ascending position) then the new token; num_cached = n' + 1;
-//   gather          the selected rows' K/V from the host pool into the prefetch buffer:
-//                   zero copy (default: a kernel reads mapped pinned memory, only the
-//                   selected rows) or the copy engine (counts and indices come back to the
-//                   host, which packs the rows into pinned staging for one cudaMemcpyAsync:
-//                   GatherCopyEngine; synchronizes the stream once per layer).
-// Layer l + 1 then runs PagedAttention (or PrefillAttention in a mixed step) over those
-// views; prefill sequences and the dense layers attend to every token in the device pool.
-// After the step (FinishStep) the counts and indices come back to the host and are recorded
-// in the cache (InfinigenKvCache::RecordSpeculation: SelectedPositions, counters, eviction
-// counts), so the host bookkeeping is the CPU engine's.
+//                   slots (ascending position) then the new token's working slot;
+//                   num_cached = n' + 1;
+//   gather          the selected rows' K/V from the host pool into the layer's prefetch
+//                   buffer in the working pool: zero copy (default: a kernel reads mapped
+//                   pinned memory, only the selected rows) or the copy engine (counts and
+//                   indices come back to the host, which packs the rows into pinned staging
+//                   for one cudaMemcpyAsync: GatherCopyEngine; synchronizes the stream once
+//                   per layer).
+// Every offloaded layer attends in the working pool (PagedAttention, or PrefillAttention in
+// a step with prefills): sparse sequences over their views above, the others over their
+// whole history (fresh rows plus gathered earlier rows). After the step (FinishStep) the
+// counts and indices come back to the host and are recorded in the cache
+// (InfinigenKvCache::RecordSpeculation: SelectedPositions, counters, eviction counts), so
+// the host bookkeeping is the CPU engine's.
 //
-// Memory accounting (GpuMemoryReport): pinned_host_bytes includes the host pool and the
-// copy-engine staging; h2d_bytes adds the K/V bytes of the selected rows (GatherBytes of the
-// rows actually moved), d2h_bytes the K/V rows written to the host pool and the selections
-// read back; workspace_bytes adds the partial keys and the step buffers.
+// Memory accounting (GpuMemoryReport): kv_pool_bytes holds the dense layers only;
+// pinned_host_bytes includes the host pool and the copy-engine staging; h2d_bytes adds the
+// K/V bytes of the selected rows and of the gathered earlier rows; d2h_bytes the K/V rows
+// written to the host pool and the selections read back; workspace_bytes adds the working
+// pool, the partial keys and the step buffers.
 // Not done yet:
-//   - device memory is not reduced: the device pool still holds every layer's K/V at the
-//     host slots (prefill, chunked prefill and the dense layers read them there), so the
-//     host pool is a mirror and only the speculated layers' decode attention reads gathered
-//     rows. Offloading for real needs the speculated layers' prefill to read the host pool
-//     (or a per-step working pool) and a device numbering of its own for those layers;
 //   - the attention-mass samples (InfinigenKvCache::SampleAttentionMass needs the host K
 //     pool): mass_samples stays 0 on the GPU;
 //   - no overlap: speculation and the gather run on the shard's stream between layer l's
-//     norm and its QKV GEMM (the reference overlaps them with layer l's attention and MLP).
+//     norm and its QKV GEMM (the reference overlaps them with layer l's attention and MLP);
+//   - the earlier rows of a chunked prefill are gathered by zero-copy reads only (the
+//     copy-engine option applies to the selected rows).
 //
 // Thread-safety: one per shard, used by the shard's thread.
 #ifndef KVSCOPE_ENGINE_CUDA_GPU_INFINIGEN_H_
@@ -71,6 +87,7 @@
 #include "absl/types/span.h"
 #include "common/dtype.h"
 #include "engine/infinigen_forward.h"
+#include "engine/infinigen_offload_plan.h"
 #include "engine/weights.h"
 #include "kernels/cuda/device_buffer.h"
 #include "kernels/cuda/gemm.h"
@@ -79,6 +96,7 @@
 #include "kernels/ops.h"
 #include "kvcache/infinigen_kv_cache.h"
 #include "kvcache/infinigen_skew.h"
+#include "kvcache/kv_cache.h"
 
 namespace kvscope::engine::cuda {
 
@@ -129,16 +147,25 @@ class GpuInfinigen {
   const kvcache::InfinigenSkew* skew() const { return &skew_; }
   int32_t dense_layers() const { return dense_layers_; }
 
-  // Host side of a step (after cache.PrepareStep): candidates, prefetch slots and the views
-  // of every speculated layer, uploaded in one copy. `views` are the step's shared views as
-  // uploaded by the shard (device pointers), one per step sequence. ResourceExhausted when a
-  // prefetch slot lies beyond the device pool.
+  // Host side of a step (after cache.PrepareStep): the working-pool numbering of the
+  // offloaded layers (engine/infinigen_offload_plan.h), the candidates and prefetch slots of
+  // the sparse sequences and every offloaded layer's views, uploaded in one copy; grows the
+  // working pool when the step needs more. Per step sequence (step order): host_views =
+  // cache.SeqViews(0) (HOST lists, shared by all heads), dev_views = the same views as the
+  // shard uploaded them (device pointers), steps = what the cache was prepared with,
+  // first_rows = its first token row; new_slots = cache.NewTokenSlots() (host).
+  // InvalidArgument when the spans disagree in length.
   absl::Status PrepareStep(kvcache::InfinigenKvCache& cache,
-                           absl::Span<const kernels::SeqKvView> views);
-  // Whether layer `layer` attends to speculated views this step, and those views (device).
-  bool Speculated(int64_t layer) const {
-    return num_sparse_ > 0 && layer >= dense_layers_ && layer < num_layers_;
-  }
+                           absl::Span<const kernels::SeqKvView> host_views,
+                           absl::Span<const kernels::SeqKvView> dev_views,
+                           absl::Span<const kvcache::SeqStep> steps,
+                           absl::Span<const int32_t> first_rows,
+                           absl::Span<const int32_t> new_slots);
+  // Whether layer `layer` is offloaded: it has no device pool of the shard and attends in
+  // working_pool() over Views(layer) (valid after PrepareStep).
+  bool Offloaded(int64_t layer) const { return layer >= dense_layers_ && layer < num_layers_; }
+  const kernels::cuda::CudaKvPool& working_pool() const { return working_; }
+  // The views (device) of offloaded layer `layer` this step, one per step sequence.
   const kernels::SeqKvView* Views(int64_t layer) const;
   // During layer `layer`, from its attention input `normed` ([tokens, hidden]): speculates
   // for layer + 1 and gathers its rows (nothing when layer + 1 is not speculated).
@@ -146,9 +173,12 @@ class GpuInfinigen {
   // Llama family: q and k (the fused activations, row stride shard.qkv_w) multiplied by the
   // layer's A per head after RoPE, in every layer (as the CPU). Nothing for OPT (folded).
   absl::Status SkewAfterRope(int64_t layer, void* q, void* k, int64_t tokens);
-  // After layer `layer`'s WriteKv: for layers >= dense_layers, the new rows go to the host
-  // pool too, and their partial keys are written. k, v: the fused activations (row stride
-  // shard.qkv_w); slots: device [tokens], -1 = no write.
+  // In place of the shard's WriteKv for an offloaded layer (nothing for a dense one): the new
+  // rows go to the host pool at their host slots and to the working pool at their fresh
+  // slots, their partial keys are written, and the step's earlier rows of non-sparse
+  // sequences are gathered from the layer's host pool into the working pool. k, v: the fused
+  // activations (row stride shard.qkv_w); slots: device [tokens] host slots, -1 = no write;
+  // written_rows: rows that write (for the d2h count).
   absl::Status AfterWriteKv(int64_t layer, const void* k, const void* v, const int32_t* slots,
                             int64_t tokens, int64_t written_rows);
   // After the step's device work: records the selections in the cache.
@@ -167,6 +197,8 @@ class GpuInfinigen {
  private:
   GpuInfinigen(const kvcache::InfinigenSkew& skew, int32_t dense_layers, InfinigenGather gather,
                GpuInfinigenShardView shard, cudaStream_t stream);
+  // Whether layer `layer`'s views this step come from a selection (speculated for).
+  bool Speculated(int64_t layer) const { return num_sparse_ > 0 && Offloaded(layer); }
   absl::Status Init(const ModelWeights& w, const InfinigenShard& folded);
   absl::Status GatherCopyEngine(int64_t layer);
 
@@ -174,6 +206,7 @@ class GpuInfinigen {
   struct Layout {
     int64_t spec_rows = 0, spec_pos = 0, max_num_kv = 0, new_slot = 0, new_pos = 0;
     int64_t view_index = 0;
+    int64_t fresh = 0, lists = 0, history = 0;  // the offload plan (history: GatherRows)
     int64_t dst_base = 0, num_cands = 0, cand_rows = 0, cand_pos = 0;  // per layer
     int64_t view_slots = 0, view_pos = 0;                              // per layer (device)
     int64_t counts = 0, selected = 0;                                  // per layer (device)
@@ -203,6 +236,12 @@ class GpuInfinigen {
   kernels::cuda::PinnedBuffer host_pool_;
   std::vector<kernels::cuda::CudaKvPool> host_pools_;    // host addresses
   std::vector<kernels::cuda::CudaKvPool> mapped_pools_;  // device addresses of the same
+
+  // Working pool (device): K and V of the offloaded layers' step, grown on demand.
+  kernels::cuda::DeviceBuffer working_k_, working_v_;
+  kernels::cuda::CudaKvPool working_;
+  int64_t num_history_rows_ = 0;  // GatherRows of earlier tokens per offloaded layer
+  bool prepared_ = false;         // views valid (PrepareStep succeeded)
 
   // Step state.
   int32_t num_sparse_ = 0;       // S

@@ -206,6 +206,11 @@ absl::StatusOr<std::unique_ptr<GpuModelShard>> GpuModelShard::Create(
         ") and graph_max_batch (", options.graph_max_batch, ") must be positive, num_kv_blocks (", options.num_kv_blocks, ") and kv_bytes (",
         options.kv_bytes, ") non-negative"));
   }
+  if (options.kv_layers == 0 || options.kv_layers < -1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "GPU shard options: kv_layers (", options.kv_layers,
+        ") must be -1 (every layer has a device KV pool) or positive"));
+  }
   if (kernels::cuda::VisibleDeviceCount() <= options.device || options.device < 0) {
     return absl::FailedPreconditionError(
         absl::StrCat("CUDA device ", options.device, " is not visible (",
@@ -388,9 +393,12 @@ absl::Status GpuModelShard::Init(const ModelWeights& w) {
                             staging_bytes + attn_ws +
                             static_cast<int64_t>(Gemm::kDefaultWorkspaceBytes);
 
-  // KV pool.
+  // KV pool, for the layers that keep their K/V on the device (kv_layers).
+  const int64_t pool_layers = options_.kv_layers < 0
+                                  ? c_.num_layers
+                                  : std::min<int64_t>(options_.kv_layers, c_.num_layers);
   const int64_t block_elems = s.kv_heads * options_.block_size * d;
-  const int64_t block_bytes_all_layers = 2 * c_.num_layers * block_elems * static_cast<int64_t>(es);
+  const int64_t block_bytes_all_layers = 2 * pool_layers * block_elems * static_cast<int64_t>(es);
   int64_t blocks = options_.num_kv_blocks;
   if (blocks == 0) {
     GpuMemoryInputs in;
@@ -414,8 +422,8 @@ absl::Status GpuModelShard::Init(const ModelWeights& w) {
   char* base = s.kv_pool.as<char>();
   for (int64_t l = 0; l < c_.num_layers; ++l) {
     CudaKvPool pool;
-    pool.k = base + (2 * l) * layer_half;
-    pool.v = base + (2 * l + 1) * layer_half;
+    pool.k = l < pool_layers ? base + (2 * l) * layer_half : nullptr;
+    pool.v = l < pool_layers ? base + (2 * l + 1) * layer_half : nullptr;
     pool.num_blocks = blocks;
     pool.num_kv_heads = static_cast<int32_t>(s.kv_heads);
     pool.block_size = options_.block_size;
@@ -473,6 +481,7 @@ absl::Status GpuModelShard::ApplyBlockCopies(absl::Span<const kvcache::BlockCopy
   KVSCOPE_RETURN_IF_ERROR(dev.CopyFromHost(pairs.data(), pairs.size() * 4));
   memory_.h2d_bytes += static_cast<int64_t>(pairs.size() * 4);
   for (const CudaKvPool& pool : pools_) {
+    if (pool.k == nullptr) continue;  // no device pool (infinigen's offloaded layers)
     KVSCOPE_RETURN_IF_ERROR(kernels::cuda::CopyBlocks(
         pool, dev.as<int32_t>(), static_cast<int64_t>(copies.size()), nullptr, stream_));
   }
@@ -507,6 +516,14 @@ absl::Status GpuModelShard::EnableInfinigen(const ModelWeights& weights,
   view.error_flag = s.errors.as<int32_t>();
   if (skew.num_layers != c_.num_layers || skew.head_dim != c_.head_dim) {
     return absl::InvalidArgumentError("EnableInfinigen: the skew does not match the model");
+  }
+  for (int32_t l = 0; l < std::min<int32_t>(dense_layers, c_.num_layers); ++l) {
+    if (pools_[l].k == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "EnableInfinigen: dense layer ", l, " has no device KV pool (GpuShardOptions::"
+          "kv_layers is ", options_.kv_layers, "; it must be -1 or at least dense_layers, ",
+          dense_layers, ")"));
+    }
   }
   // OPT: the skew folded into this rank's q and k rows (the CPU's folded matrices, built
   // once on the host; Llama keeps its weights: the skew follows RoPE on the device).
@@ -578,6 +595,7 @@ absl::Status GpuModelShard::ApplyBlockTransfers(const kvcache::StepPlan& plan) {
       flat.push_back(c.dst);
     }
     for (int64_t l = 0; l < c_.num_layers; ++l) {
+      if (pools_[l].k == nullptr) continue;  // no device pool (infinigen's offloaded layers)
       char* host_k = s.host_pool.as<char>() + (2 * l) * half;
       char* host_v = s.host_pool.as<char>() + (2 * l + 1) * half;
       KVSCOPE_RETURN_IF_ERROR(kernels::cuda::SwapBlocks(
@@ -664,6 +682,15 @@ absl::Status GpuModelShard::Forward(absl::Span<const SeqInput> batch, kvcache::K
           "(GpuModelShard::EnableInfinigen; GpuEngine::Create does it)");
     }
     ig = s.infinigen.get();
+  }
+  // A layer without a device pool can only be one infinigen offloads.
+  for (int32_t l = 0; l < c_.num_layers; ++l) {
+    if (pools_[l].k == nullptr && (ig == nullptr || !ig->Offloaded(l))) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the GPU shard has no device KV pool for layer ", l, " (GpuShardOptions::kv_layers ",
+          options_.kv_layers, ", meant for infinigen's offloaded layers), but this KV cache "
+          "keeps that layer on the device; create the shard with kv_layers = -1"));
+    }
   }
   KVSCOPE_RETURN_IF_ERROR(kv.PrepareStep(steps));
   step_prepared_ = true;
@@ -845,10 +872,12 @@ absl::Status GpuModelShard::Forward(absl::Span<const SeqInput> batch, kvcache::K
   KVSCOPE_CUDA_RETURN_IF_ERROR(
       cudaMemcpyAsync(dev, host, lay.total, cudaMemcpyHostToDevice, st));
   memory_.h2d_bytes += lay.total;
-  if (ig != nullptr) {  // candidates and per-layer views, from the views just uploaded
+  if (ig != nullptr) {  // working pool, candidates and per-layer views (from those just uploaded)
     KVSCOPE_RETURN_IF_ERROR(ig->PrepareStep(
-        *ig_cache, absl::MakeConstSpan(
-                       reinterpret_cast<const kernels::SeqKvView*>(host + lay.views), num_seqs)));
+        *ig_cache, views,
+        absl::MakeConstSpan(reinterpret_cast<const kernels::SeqKvView*>(host + lay.views),
+                            num_seqs),
+        steps, absl::MakeConstSpan(s.seq_q_start.data(), num_seqs), new_slots));
   }
   KVSCOPE_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(s.errors.data(), 0, 16, st));
 
@@ -1079,7 +1108,9 @@ absl::Status GpuModelShard::EnqueueBody(const BodyArgs& a, DeviceCommunicator& c
   };
   for (int64_t l = 0; l < c_.num_layers; ++l) {
     const Impl::Layer& lw = s.layers[l];
-    const CudaKvPool& pool = pools_[l];
+    // infinigen's offloaded layers attend in its working pool (gpu_infinigen.h).
+    const bool offloaded = a.infinigen != nullptr && a.infinigen->Offloaded(l);
+    const CudaKvPool& pool = offloaded ? a.infinigen->working_pool() : pools_[l];
     // Attention block.
     KVSCOPE_RETURN_IF_ERROR(norm(lw.attn_norm, lw.attn_norm_bias));
     pending = false;
@@ -1104,13 +1135,15 @@ absl::Status GpuModelShard::EnqueueBody(const BodyArgs& a, DeviceCommunicator& c
         KVSCOPE_RETURN_IF_ERROR(a.infinigen->SkewAfterRope(l, q, k, tokens));
       }
     }
-    KVSCOPE_RETURN_IF_ERROR(
-        kernels::cuda::WriteKv(pool, k, v, s.qkv_w, a.slots, tokens, flag_d, st));
     const kernels::SeqKvView* views = a.views + l * a.views_per_layer;
-    if (a.infinigen != nullptr) {
-      // Layers >= dense_layers: the new rows to the host pool, and their partial keys.
+    if (offloaded) {
+      // The new rows to the host pool and the working pool, their partial keys, and the
+      // earlier rows the step's non-sparse sequences read.
       KVSCOPE_RETURN_IF_ERROR(a.infinigen->AfterWriteKv(l, k, v, a.slots, tokens, tokens));
-      if (a.infinigen->Speculated(l)) views = a.infinigen->Views(l);
+      views = a.infinigen->Views(l);
+    } else {
+      KVSCOPE_RETURN_IF_ERROR(
+          kernels::cuda::WriteKv(pool, k, v, s.qkv_w, a.slots, tokens, flag_d, st));
     }
     if (a.decode) {
       KVSCOPE_RETURN_IF_ERROR(kernels::cuda::PagedAttention(

@@ -42,13 +42,12 @@
 // attention masses order the same way (near-ties in h2o scores may break differently).
 // infinigen (InfinigenKvCache) through GpuInfinigen (gpu_infinigen.h), after
 // EnableInfinigen (GpuEngine::Create calibrates and enables it): skewed q/k (OPT: folded
-// into the uploaded weights; Llama: after RoPE), partial keys and speculation on the device,
-// the K/V of layers >= dense_layers also written to a mapped pinned host pool, and the
-// selected rows gathered from it into the prefetch slots of the device pool (zero copy by
-// default, GpuShardOptions::infinigen_gather); per-layer views built on the device; no CUDA
-// graphs. The device pool keeps the host cache's numbering (host slots + prefetch buffers)
-// and still holds every layer's K/V at the host slots (prefill and the dense layers read
-// them there); only the speculated layers' decode attention reads the gathered rows.
+// into the uploaded weights; Llama: after RoPE), partial keys and speculation on the device;
+// layers >= dense_layers are offloaded: their K/V live in a mapped pinned host pool, and
+// each step they attend in GpuInfinigen's working pool, where the selected rows are gathered
+// (zero copy by default, GpuShardOptions::infinigen_gather) next to the step's new rows (and
+// a chunked prefill's earlier rows). The shard then needs a device pool for the dense layers
+// only (GpuShardOptions::kv_layers); per-layer views built on the device; no CUDA graphs.
 // Refused with Unimplemented: evicting caches with a policy other than h2o / streaming.
 //
 // Thread-safety: not thread-safe; one shard per rank, driven by one thread at a time (the
@@ -113,6 +112,10 @@ struct GpuShardOptions {
   int64_t graph_max_batch = 256;
   // infinigen: how the selected tokens' K/V reach the device (gpu_infinigen.h).
   InfinigenGather infinigen_gather = InfinigenGather::kZeroCopy;
+  // Layers [0, kv_layers) get a device KV pool; -1 = every layer. Fewer only for infinigen,
+  // whose layers >= dense_layers keep their K/V on the host (EnableInfinigen requires
+  // kv_layers >= its dense_layers; any other cache is refused by Forward).
+  int32_t kv_layers = -1;
 };
 
 // Device memory held by a shard, and the host<->device traffic it caused. Bytes.
@@ -121,7 +124,7 @@ struct GpuMemoryReport {
   int64_t device_total_bytes = 0;  // cudaMemGetInfo at creation
   int64_t device_free_bytes = 0;   // free at creation, before this shard allocated
   int64_t weight_bytes = 0;        // this rank's weights on the device
-  int64_t kv_pool_bytes = 0;       // K and V of every layer
+  int64_t kv_pool_bytes = 0;       // K and V of every layer with a device pool (kv_layers)
   int64_t num_kv_blocks = 0;       // per layer
   int64_t workspace_bytes = 0;     // activations, logits chunk, staging, cuBLASLt, attention
                                    // (+ infinigen's partial keys, weights and step buffers)
@@ -190,7 +193,8 @@ class GpuModelShard {
   // cache's manager holds (`skew` must outlive the shard): OPT's q/k rows are re-uploaded
   // folded, the partial weights, partial keys and the pinned host pool are allocated
   // (counted in the memory report). Forward with an InfinigenKvCache needs it
-  // (FailedPrecondition otherwise). Call once, before any Forward.
+  // (FailedPrecondition otherwise). Call once, before any Forward. InvalidArgument when
+  // the shard has no device pool for some layer < dense_layers (kv_layers too small).
   absl::Status EnableInfinigen(const ModelWeights& weights, const kvcache::InfinigenSkew& skew,
                                int32_t dense_layers);
 
@@ -202,7 +206,8 @@ class GpuModelShard {
   // Whether the last Forward got past kv.PrepareStep (an error after it leaves the cache
   // holding the step's tokens, so the caller's caches may be out of step).
   bool step_prepared() const { return step_prepared_; }
-  // The device pool of `layer` (for tests and diagnostics).
+  // The device pool of `layer` (for tests and diagnostics); k and v are null for a layer
+  // without one (>= GpuShardOptions::kv_layers).
   const kernels::cuda::CudaKvPool& device_pool(int layer) const { return pools_[layer]; }
 
  private:

@@ -28,7 +28,8 @@ __host__ __device__ __forceinline__ int64_t RowAt(int64_t slot, int32_t head, in
 template <typename U>
 __global__ void WritePartialKeysKernel(const U* k, int32_t kv_heads, int32_t block_size,
                                        int32_t head_dim, const int32_t* slots, int32_t num_new,
-                                       const int32_t* columns, int32_t partial_dim, U* out) {
+                                       const int32_t* columns, int32_t partial_dim,
+                                       const int32_t* dst_rows, U* out) {
   const int64_t work = static_cast<int64_t>(num_new) * kv_heads * partial_dim;
   for (int64_t x = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; x < work;
        x += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -36,8 +37,9 @@ __global__ void WritePartialKeysKernel(const U* k, int32_t kv_heads, int32_t blo
     const int32_t h = static_cast<int32_t>((x / partial_dim) % kv_heads);
     const int32_t c = static_cast<int32_t>(x % partial_dim);
     const int32_t slot = slots[t];
-    if (slot < 0) continue;
-    out[(static_cast<int64_t>(slot) * kv_heads + h) * partial_dim + c] =
+    const int32_t row = dst_rows != nullptr ? dst_rows[t] : slot;
+    if (slot < 0 || row < 0) continue;
+    out[(static_cast<int64_t>(row) * kv_heads + h) * partial_dim + c] =
         k[RowAt(slot, h, kv_heads, block_size, head_dim) + columns[h * partial_dim + c]];
   }
 }
@@ -220,7 +222,7 @@ absl::Status CheckGatherPools(const CudaKvPool& src, const CudaKvPool& dst, cons
 
 absl::Status WritePartialKeys(const CudaKvPool& pool, const int32_t* slots, int32_t num_new,
                               const int32_t* columns, int32_t partial_dim, void* partial_keys,
-                              cudaStream_t stream) {
+                              cudaStream_t stream, const int32_t* dst_rows) {
   if (absl::Status st = CheckCudaKvPool(pool, "WritePartialKeys"); !st.ok()) return st;
   if (slots == nullptr || columns == nullptr || partial_keys == nullptr || num_new < 0) {
     return absl::InvalidArgumentError(
@@ -235,11 +237,11 @@ absl::Status WritePartialKeys(const CudaKvPool& pool, const int32_t* slots, int3
   if (DTypeSize(pool.dtype) == 4) {
     WritePartialKeysKernel<uint32_t><<<GridFor(work, kThreads), kThreads, 0, stream>>>(
         static_cast<const uint32_t*>(pool.k), pool.num_kv_heads, pool.block_size, pool.head_dim,
-        slots, num_new, columns, partial_dim, static_cast<uint32_t*>(partial_keys));
+        slots, num_new, columns, partial_dim, dst_rows, static_cast<uint32_t*>(partial_keys));
   } else {
     WritePartialKeysKernel<uint16_t><<<GridFor(work, kThreads), kThreads, 0, stream>>>(
         static_cast<const uint16_t*>(pool.k), pool.num_kv_heads, pool.block_size, pool.head_dim,
-        slots, num_new, columns, partial_dim, static_cast<uint16_t*>(partial_keys));
+        slots, num_new, columns, partial_dim, dst_rows, static_cast<uint16_t*>(partial_keys));
   }
   KVSCOPE_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return absl::OkStatus();

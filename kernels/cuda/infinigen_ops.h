@@ -40,13 +40,16 @@
 namespace kvscope::kernels::cuda {
 
 // Partial key cache rows for new tokens: for t < num_new with slots[t] >= 0 and every KV
-// head h, partial_keys[(slots[t] * num_kv_heads + h) * partial_dim + c] = K row (slots[t],
-// h)[columns[h * partial_dim + c]]. slots: [num_new]; columns: [num_kv_heads][partial_dim]
+// head h, partial_keys[(row[t] * num_kv_heads + h) * partial_dim + c] = K row (slots[t],
+// h)[columns[h * partial_dim + c]], where row = dst_rows (or slots when dst_rows is null;
+// a row < 0 is skipped). slots, dst_rows: [num_new]; columns: [num_kv_heads][partial_dim]
 // int32 in [0, head_dim) (InfinigenSkew::Columns of each local head's model KV head);
-// partial_keys: [partial_rows][num_kv_heads][partial_dim] of pool.dtype (slots < partial_rows).
+// partial_keys: [partial_rows][num_kv_heads][partial_dim] of pool.dtype (rows <
+// partial_rows). dst_rows lets the keys be read where the step keeps them (the GPU engine's
+// working pool) and stored at the tokens' host slots.
 absl::Status WritePartialKeys(const CudaKvPool& pool, const int32_t* slots, int32_t num_new,
                               const int32_t* columns, int32_t partial_dim, void* partial_keys,
-                              cudaStream_t stream);
+                              cudaStream_t stream, const int32_t* dst_rows = nullptr);
 
 // Partial scores. partial_q: [num_seqs][num_heads][partial_dim] float32 (the skewed partial
 // queries, engine/infinigen_forward.h); partial_keys: [*][num_kv_heads][partial_dim] of

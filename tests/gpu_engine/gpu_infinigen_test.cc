@@ -22,8 +22,10 @@
 #include "engine/cuda/gpu_engine.h"
 #include "engine/cuda/gpu_model_shard.h"
 #include "engine/engine.h"
+#include "engine/infinigen_calibration.h"
 #include "engine/presets.h"
 #include "gtest/gtest.h"
+#include "kvcache/full_kv_cache.h"
 #include "kvcache/infinigen_kv_cache.h"
 #include "kvcache/registry.h"
 #include "tests/engine/engine_test_util.h"
@@ -53,6 +55,9 @@ struct Side {
   std::unique_ptr<Engine> cpu;
   std::unique_ptr<GpuEngine> gpu;
   std::set<int64_t> admitted;
+  // A sequence's whole prompt when its first input is only a chunk of it (chunked prefill);
+  // otherwise the first input is the prompt.
+  std::map<int64_t, std::vector<int32_t>> prompts;
   int tp = 1;
 
   absl::StatusOr<ForwardOutput> Step(absl::Span<const SeqInput> batch) {
@@ -60,7 +65,10 @@ struct Side {
       std::vector<kvcache::SeqStep> steps;
       for (const SeqInput& s : batch) {
         if (admitted.insert(s.seq_id).second) {
-          const std::vector<int32_t> prompt(s.tokens.begin(), s.tokens.end());
+          const auto chunked = prompts.find(s.seq_id);
+          const std::vector<int32_t> prompt =
+              chunked != prompts.end() ? chunked->second
+                                       : std::vector<int32_t>(s.tokens.begin(), s.tokens.end());
           KVSCOPE_RETURN_IF_ERROR(
               manager->Admit(kvcache::SeqRequest{s.seq_id, prompt, kMaxNew}).status());
         }
@@ -163,9 +171,11 @@ StepRecord Record(Side& side, ForwardOutput out, absl::Span<const SeqInput> batc
 // Teacher-forced scenario (seeded tokens, so both sides see the same inputs):
 //   step 0: prefill 1 (40 tokens) and 2 (29)
 //   steps 1-5: decode 1, 2
-//   step 6: decode 1, prefill 3 (23 tokens), decode 2 (a mixed step: PrefillAttention over
-//           the speculated per-head views)
-//   steps 7-10: decode 1, 2, 3
+//   step 6: decode 1, the first 15 tokens of 3's 23-token prompt, decode 2 (a mixed step:
+//           PrefillAttention over the speculated per-head views)
+//   step 7: decode 1, the other 8 prompt tokens of 3 (a chunk after the first: the
+//           offloaded layers gather its 15 earlier rows from the host pool), decode 2
+//   steps 8-11: decode 1, 2, 3
 std::vector<StepRecord> RunScenario(Side& side, int64_t vocab) {
   std::mt19937 rng(99);
   std::deque<std::vector<int32_t>> storage;
@@ -193,7 +203,11 @@ std::vector<StepRecord> RunScenario(Side& side, int64_t vocab) {
   for (int i = 0; i < 5; ++i) {
     if (!step({seq(1, 1), seq(2, 1)})) return {};
   }
-  if (!step({seq(1, 1), seq(3, 23), seq(2, 1)})) return {};
+  const absl::Span<const int32_t> prompt3 = tokens(23);
+  side.prompts[3] = std::vector<int32_t>(prompt3.begin(), prompt3.end());
+  if (!step({seq(1, 1), SeqInput{3, prompt3.subspan(0, 15), 0, false}, seq(2, 1)})) return {};
+  if (!step({seq(1, 1), SeqInput{3, prompt3.subspan(15, 8), 15, false}, seq(2, 1)})) return {};
+  length[3] = 23;
   for (int i = 0; i < 4; ++i) {
     if (!step({seq(1, 1), seq(2, 1), seq(3, 1)})) return {};
   }
@@ -326,9 +340,10 @@ TEST(GpuInfinigenTest, SelectingEverythingEqualsTheFullCache) {
   }
 }
 
-// The report counts the pinned host pool of the speculated layers and, per decode step, at
-// least the gathered K/V bytes (host to device) and the new rows written to the host pool
-// (device to host).
+// The offloaded layers hold no device pool: the KV pool is the dense layer's alone. The
+// report counts the pinned host pool of the offloaded layers and, per decode step, at least
+// the gathered K/V bytes (host to device) and the new rows written to the host pool (device
+// to host); a prefill chunk after the first gathers its earlier rows in every offloaded layer.
 TEST(GpuInfinigenTest, MemoryReportCountsHostPoolAndGatheredBytes) {
   KVSCOPE_SKIP_WITHOUT_GPU();
   for (InfinigenGather gather : {InfinigenGather::kZeroCopy, InfinigenGather::kCopyEngine}) {
@@ -344,6 +359,10 @@ TEST(GpuInfinigenTest, MemoryReportCountsHostPoolAndGatheredBytes) {
     const int64_t host_pool =
         sparse_layers * 2 * shard.memory().num_kv_blocks * shard.device_pool(0).block_elems() * es;
     EXPECT_GE(shard.memory().pinned_host_bytes, host_pool);
+    EXPECT_EQ(shard.memory().kv_pool_bytes,
+              2 * shard.memory().num_kv_blocks * shard.device_pool(0).block_elems() * es);
+    EXPECT_NE(shard.device_pool(0).k, nullptr);
+    for (int64_t l = 1; l < c.num_layers; ++l) EXPECT_EQ(shard.device_pool(l).k, nullptr);
     std::vector<int32_t> prompt(37);
     for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<int32_t>(i * 7 % 500 + 3);
     ASSERT_TRUE(side->Step({SeqInput{1, prompt, 0, false}}).ok());
@@ -360,6 +379,16 @@ TEST(GpuInfinigenTest, MemoryReportCountsHostPoolAndGatheredBytes) {
       EXPECT_GE(after.d2h_bytes - before.d2h_bytes, sparse_layers * kv_heads * 2 * c.head_dim * es);
       EXPECT_GE(after.pinned_host_bytes, host_pool);
     }
+    // A second sequence's 30-token prompt in two chunks: the second gathers the first's
+    // 20 rows in every offloaded layer.
+    side->prompts[2] = std::vector<int32_t>(prompt.begin(), prompt.begin() + 30);
+    ASSERT_TRUE(side->Step({SeqInput{2, absl::MakeConstSpan(prompt).subspan(0, 20), 0, false}})
+                    .ok());
+    const GpuMemoryReport before = shard.memory();
+    ASSERT_TRUE(side->Step({SeqInput{2, absl::MakeConstSpan(prompt).subspan(20, 10), 20, false}})
+                    .ok());
+    EXPECT_GE(shard.memory().h2d_bytes - before.h2d_bytes,
+              sparse_layers * 20 * kv_heads * 2 * c.head_dim * es);
   }
 }
 
@@ -426,6 +455,45 @@ TEST(GpuInfinigenTinyStoriesTest, SelectionsLogitsAndGreedyTokensMatchCpu) {
       EXPECT_EQ(greedy(*gpu, 16), want_tokens);
     }
   }
+}
+
+// kv_layers: a shard without device pools for some layers refuses a cache that keeps them
+// on the device, and infinigen needs a pool for each of its dense layers.
+TEST(GpuInfinigenTest, LayersWithoutADevicePoolAreOnlyForOffloading) {
+  KVSCOPE_SKIP_WITHOUT_GPU();
+  auto weights = PresetWeights("llama-tiny");
+  ASSERT_NE(weights, nullptr);
+  ASSERT_GE(weights->config.num_layers, 2);
+  GpuShardOptions options;
+  options.dtype = DType::kF32;
+  options.num_kv_blocks = 8;
+  options.kv_layers = 1;
+  auto shard = GpuModelShard::Create(*weights, 0, 1, options);
+  ASSERT_TRUE(shard.ok()) << shard.status();
+  EXPECT_EQ((*shard)->memory().kv_pool_bytes,
+            2 * 8 * (*shard)->device_pool(0).block_elems() * 4);
+  EXPECT_EQ((*shard)->device_pool(1).k, nullptr);
+  kvcache::FullKvCache full((*shard)->kv_shape(),
+                            kvcache::FullKvCache::Options{16, 64, /*allocate_storage=*/false});
+  LocalCommGroup group(1);
+  auto comm = CreateHostStagedCommunicator(group.ForRank(0));
+  const std::vector<int32_t> ids = {1, 2, 3};
+  ForwardOutput out;
+  absl::Status st = (*shard)->Forward({SeqInput{1, ids, 0, false}}, full, *comm, &out);
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+  EXPECT_NE(st.message().find("no device KV pool for layer 1"), std::string::npos) << st;
+  EXPECT_FALSE((*shard)->step_prepared());
+
+  auto manager = kvcache::CreateKvManager("infinigen", {{"dense_layers", "2"}},
+                                          Context(weights->config, 1));
+  ASSERT_TRUE(manager.ok()) << manager.status();
+  auto cache = (*manager)->CreateRankCache(0);
+  auto* ig = dynamic_cast<kvcache::InfinigenKvCache*>(cache.get());
+  ASSERT_NE(ig, nullptr);
+  ASSERT_TRUE(PrepareInfinigen(*weights, *cache).ok());
+  st = (*shard)->EnableInfinigen(*weights, *ig->skew(), 2);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  EXPECT_NE(st.message().find("dense layer 1 has no device KV pool"), std::string::npos) << st;
 }
 
 // A shard that was not enabled for infinigen refuses such a cache before touching it.

@@ -807,6 +807,23 @@ TEST(GpuModelShardTest, MemoryReportCountsWeightsPoolAndPlan) {
   }
 }
 
+// Argument checks that come before any CUDA call (run in every CUDA build, no device).
+TEST(GpuShardOptionsTest, KvLayersMustBeAllOrPositive) {
+  auto weights = PresetWeights("llama-tiny");
+  ASSERT_NE(weights, nullptr);
+  for (int32_t kv_layers : {0, -2}) {
+    GpuShardOptions options;
+    options.num_kv_blocks = 4;
+    options.kv_layers = kv_layers;
+    auto shard = GpuModelShard::Create(*weights, 0, 1, options);
+    ASSERT_FALSE(shard.ok());
+    EXPECT_EQ(shard.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(shard.status().message().find("kv_layers (" + std::to_string(kv_layers) + ")"),
+              std::string::npos)
+        << shard.status();
+  }
+}
+
 TEST(GpuModelShardTest, TensorParallelRanksHoldTheirShare) {
   KVSCOPE_SKIP_WITHOUT_GPU();
   auto weights = PresetWeights("opt-tiny");

@@ -73,6 +73,27 @@ TEST_P(InfinigenOpsTest, WritePartialKeysCopiesTheColumns) {
     }
   }
   EXPECT_TRUE(testing::SameElements(testing::DownloadBytes(pk), want));
+
+  // dst_rows: read at slots, stored at other rows (-1 skips a token that has a slot).
+  const std::vector<int32_t> dst_rows = {140, 3, -1, 64, 2, 9, 100};
+  DeviceBuffer rows_dev = testing::UploadRaw(dst_rows);
+  DeviceBuffer moved = testing::Poisoned(static_cast<size_t>(rows) * kKvHeads * pd, elem);
+  ASSERT_TRUE(WritePartialKeys(pool.ref, slots_dev.as<int32_t>(),
+                               static_cast<int32_t>(slots.size()), cols_dev.as<int32_t>(), pd,
+                               moved.data(), nullptr, rows_dev.as<int32_t>())
+                  .ok());
+  std::vector<uint8_t> want_moved(moved.bytes(), 0xFF);
+  for (size_t t = 0; t < slots.size(); ++t) {
+    if (slots[t] < 0 || dst_rows[t] < 0) continue;
+    for (int32_t h = 0; h < kKvHeads; ++h) {
+      for (int32_t c = 0; c < pd; ++c) {
+        std::memcpy(
+            want_moved.data() + ((static_cast<size_t>(dst_rows[t]) * kKvHeads + h) * pd + c) * elem,
+            pool.host.k.data() + pool.host.RowByte(slots[t], h) + columns[h * pd + c] * elem, elem);
+      }
+    }
+  }
+  EXPECT_TRUE(testing::SameElements(testing::DownloadBytes(moved), want_moved));
 }
 
 // Speculation over 4 sequences with 0, 1, 57 and 700 candidates.

@@ -273,6 +273,13 @@ TEST(InfinigenRecordTest, RecordedSelectionsEqualSpeculate) {
           b->SpeculationCandidates(l, 0, &cb);
           EXPECT_EQ(ca, cb) << "layer " << l;
           EXPECT_EQ(b->PrefetchSlot(l, 0), a.cache->PrefetchSlot(l, 0));
+          // The prefetch region (the GPU engine's working-pool numbering relies on it):
+          // block-aligned buffers after the host slots, the layer's parity picking one.
+          EXPECT_EQ(b->FirstPrefetchSlot() % kvcache::InfinigenKvManager::kBlockSize, 0);
+          EXPECT_EQ(b->PrefetchBufferSlots() % kvcache::InfinigenKvManager::kBlockSize, 0);
+          EXPECT_GE(b->PrefetchBufferSlots(), b->SparseMaxNumKv(0));
+          EXPECT_EQ(b->PrefetchSlot(l, 0) - b->FirstPrefetchSlot(),
+                    (l & 1) * b->PrefetchBufferSlots());
           std::vector<float> pq(kHeads * a.manager->partial_dim());
           for (float& x : pq) x = dist(rng);
           ASSERT_TRUE(a.cache->Speculate(l, pq.data()).ok());
