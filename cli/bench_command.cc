@@ -328,7 +328,7 @@ absl::StatusOr<int> Run(engine::BenchConfig c, const BenchFlags& f) {
     context.calibration_ids = std::make_shared<const std::vector<int32_t>>(std::move(ids));
   }
   // The GPU engine keeps the K/V in its device pool: its rank caches keep bookkeeping only.
-  // (`context` itself keeps host storage: the quality check below runs the CPU engine.)
+  // (The quality check below builds its own managers from `context`.)
   kvcache::KvManagerContext serving_context = context;
   serving_context.host_kv_storage = c.backend != "cuda";
   if (gang_follower) {
@@ -501,7 +501,24 @@ absl::StatusOr<int> Run(engine::BenchConfig c, const BenchFlags& f) {
   doc.requests = std::move(run.requests);
   doc.complete = run.complete;
   doc.status_message = run.status_message;
-  // Quality against the full cache (engine/quality.h), measured after the timed run.
+  // Quality against the full cache (engine/quality.h), measured after the timed run: on the
+  // GPU for `backend: cuda` (the run's engine goes first, the checks build their own on the
+  // same devices), on the CPU otherwise and in a gang's driver (its devices may be fewer
+  // than tp).
+#if KVSCOPE_WITH_CUDA
+  if (gpu != nullptr && !gang_driver && !g_stop.load()) {
+    forward = nullptr;
+    gpu.reset();
+    KVSCOPE_ASSIGN_OR_RETURN(engine::cuda::GpuEngineOptions g, GpuEngineOptionsFor(c, manager));
+    for (int r = 0; r < c.tp; ++r) g.devices.push_back(r);
+    g.comm =
+        c.tp > 1 ? engine::cuda::GpuCommKind::kNccl : engine::cuda::GpuCommKind::kHostStaged;
+    // The replays' longest sequence (MeasureBenchQuality: the context, plus block slack).
+    quality.engine_factory =
+        engine::cuda::GpuQualityEngineFactory(g, c.scheduler.max_model_len + 64);
+    quality.host_kv_storage = false;
+  }
+#endif
   if (!g_stop.load()) {
     quality.seed = c.workload.seed;
     quality.num_threads = c.threads;

@@ -24,26 +24,13 @@ double LogSumExp(const float* x, int64_t n) {
   return max + std::log(sum);
 }
 
-absl::StatusOr<std::unique_ptr<Engine>> MakeEngine(std::shared_ptr<const ModelWeights> weights,
-                                                   kvcache::KvManager* manager, int tp_size,
-                                                   int num_threads) {
-  EngineOptions options;
-  options.tp_size = tp_size;
-  options.num_threads = num_threads;
-  if (manager != nullptr) {
-    options.kv_factory = [manager](const kvcache::KvShape&, int rank) {
-      return manager->CreateRankCache(rank);
-    };
-  }
-  return Engine::Create(std::move(weights), options);
-}
-
 // Runs one sequence through an engine, optionally driving a KvManager as the scheduler does.
 class SeqDriver {
  public:
   static constexpr int64_t kSeqId = 1;
 
-  SeqDriver(Engine& engine, kvcache::KvManager* manager) : engine_(engine), manager_(manager) {}
+  SeqDriver(GangEngine& engine, kvcache::KvManager* manager)
+      : engine_(engine), manager_(manager) {}
   ~SeqDriver() {
     engine_.Release(kSeqId);
     if (manager_ != nullptr) manager_->Free(kSeqId);
@@ -81,7 +68,10 @@ class SeqDriver {
                          start + static_cast<int64_t>(tokens.size()), " tokens"));
       }
       const kvcache::SeqStep step{kSeqId, static_cast<int32_t>(tokens.size()), start};
-      KVSCOPE_RETURN_IF_ERROR(manager_->Plan(absl::MakeConstSpan(&step, 1)).status());
+      KVSCOPE_ASSIGN_OR_RETURN(const kvcache::StepPlan* plan,
+                               manager_->Plan(absl::MakeConstSpan(&step, 1)));
+      // Engines that hold the K/V themselves mirror the plan's block moves (the GPU engine).
+      KVSCOPE_RETURN_IF_ERROR(engine_.ApplyPlan(*plan));
     }
     const SeqInput input{kSeqId, tokens, start, all_logits};
     KVSCOPE_ASSIGN_OR_RETURN(ForwardOutput out, engine_.Forward(absl::MakeConstSpan(&input, 1)));
@@ -90,7 +80,7 @@ class SeqDriver {
   }
 
  private:
-  Engine& engine_;
+  GangEngine& engine_;
   kvcache::KvManager* manager_;
   int32_t position_ = 0;
 };
@@ -104,7 +94,7 @@ std::vector<float> LastRow(const ForwardOutput& out) {
 // forced[0 .. n-1) in its own step; returns n rows. With `forced` empty, greedy: the
 // argmax of each row is fed next (and appended to `*greedy`).
 absl::StatusOr<std::vector<std::vector<float>>> RunContinuation(
-    Engine& engine, kvcache::KvManager* manager, const std::vector<int32_t>& prompt,
+    GangEngine& engine, kvcache::KvManager* manager, const std::vector<int32_t>& prompt,
     int32_t num_steps, const std::vector<int32_t>* forced, std::vector<int32_t>* greedy) {
   SeqDriver driver(engine, manager);
   std::vector<std::vector<float>> rows;
@@ -140,10 +130,12 @@ absl::Status CheckIds(const ModelConfig& config, const std::vector<int32_t>& ids
   return absl::OkStatus();
 }
 
+// `engine`: an engine over `manager` to use (null: one from make_engine).
 absl::StatusOr<double> PerplexityImpl(std::shared_ptr<const ModelWeights> weights,
                                       kvcache::KvManager* manager, int tp_size,
                                       const std::vector<int32_t>& ids, int32_t prefill,
-                                      int num_threads) {
+                                      const QualityEngineFactory& make_engine,
+                                      GangEngine* engine = nullptr) {
   if (weights == nullptr) return absl::InvalidArgumentError("perplexity: no model weights");
   const int64_t n = static_cast<int64_t>(ids.size());
   if (n < 2) {
@@ -160,8 +152,11 @@ absl::StatusOr<double> PerplexityImpl(std::shared_ptr<const ModelWeights> weight
         absl::StrCat("perplexity prefill must be in [1, ", n - 1, "], got ", prefill));
   }
   KVSCOPE_RETURN_IF_ERROR(CheckIds(weights->config, ids, "perplexity"));
-  KVSCOPE_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine,
-                           MakeEngine(weights, manager, tp_size, num_threads));
+  std::unique_ptr<GangEngine> owned;
+  if (engine == nullptr) {
+    KVSCOPE_ASSIGN_OR_RETURN(owned, make_engine(weights, manager, tp_size));
+    engine = owned.get();
+  }
   SeqDriver driver(*engine, manager);
   double nll = 0;
   KVSCOPE_ASSIGN_OR_RETURN(
@@ -176,15 +171,60 @@ absl::StatusOr<double> PerplexityImpl(std::shared_ptr<const ModelWeights> weight
   return std::exp(nll / static_cast<double>(n - 1));
 }
 
+// host_kv_storage: true for CPU engines, whose caches hold the K/V.
 KvManagerFactory RegistryFactory(const std::string& strategy,
                                  const std::map<std::string, std::string>& params,
-                                 const kvcache::KvManagerContext& ctx) {
-  // The quality engines are CPU engines: their caches need host K/V storage.
-  kvcache::KvManagerContext cpu_ctx = ctx;
-  cpu_ctx.host_kv_storage = true;
-  return [strategy, params, cpu_ctx]() {
-    return kvcache::CreateKvManager(strategy, params, cpu_ctx);
+                                 const kvcache::KvManagerContext& ctx,
+                                 bool host_kv_storage = true) {
+  kvcache::KvManagerContext run_ctx = ctx;
+  run_ctx.host_kv_storage = host_kv_storage;
+  return [strategy, params, run_ctx]() {
+    return kvcache::CreateKvManager(strategy, params, run_ctx);
   };
+}
+
+// EvaluateTeacherForced with its engines from make_engine; `full_engine` (optional) is a
+// full-cache engine to reuse for step (a).
+absl::StatusOr<QualityStats> EvaluateTeacherForcedImpl(
+    std::shared_ptr<const ModelWeights> weights, const KvManagerFactory& make_manager,
+    int tp_size, const std::vector<int32_t>& prompt, int32_t num_steps,
+    const QualityEngineFactory& make_engine, GangEngine* full_engine) {
+  if (weights == nullptr) return absl::InvalidArgumentError("quality: no model weights");
+  if (prompt.empty()) return absl::InvalidArgumentError("quality: the prompt is empty");
+  if (num_steps < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("quality: steps must be >= 1, got ", num_steps));
+  }
+  const int64_t context = weights->config.max_position_embeddings;
+  if (static_cast<int64_t>(prompt.size()) + num_steps - 1 > context) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("quality: prompt of ", prompt.size(), " tokens + ", num_steps,
+                     " steps exceeds the model's context of ", context));
+  }
+  KVSCOPE_RETURN_IF_ERROR(CheckIds(weights->config, prompt, "quality: prompt"));
+
+  // (a) The full cache, greedy.
+  std::vector<int32_t> continuation;
+  std::vector<std::vector<float>> full;
+  {
+    std::unique_ptr<GangEngine> owned;
+    if (full_engine == nullptr) {
+      KVSCOPE_ASSIGN_OR_RETURN(owned, make_engine(weights, nullptr, tp_size));
+      full_engine = owned.get();
+    }
+    KVSCOPE_ASSIGN_OR_RETURN(
+        full, RunContinuation(*full_engine, nullptr, prompt, num_steps, nullptr, &continuation));
+  }
+  // (b) The strategy, teacher-forced on the continuation.
+  KVSCOPE_ASSIGN_OR_RETURN(std::unique_ptr<kvcache::KvManager> manager, make_manager());
+  if (manager == nullptr) return absl::InternalError("quality: the factory built no manager");
+  std::vector<std::vector<float>> strategy;
+  {
+    KVSCOPE_ASSIGN_OR_RETURN(std::unique_ptr<GangEngine> engine,
+                             make_engine(weights, manager.get(), tp_size));
+    KVSCOPE_ASSIGN_OR_RETURN(strategy, RunContinuation(*engine, manager.get(), prompt, num_steps,
+                                                       &continuation, nullptr));
+  }  // the engine (and its rank caches) go before the manager
+  return CompareLogits(full, strategy);
 }
 
 }  // namespace
@@ -255,43 +295,29 @@ absl::StatusOr<QualityStats> CompareLogits(const std::vector<std::vector<float>>
   return AggregateQuality(kl, agree);
 }
 
+QualityEngineFactory CpuQualityEngineFactory(int num_threads) {
+  return [num_threads](std::shared_ptr<const ModelWeights> weights, kvcache::KvManager* manager,
+                       int tp_size) -> absl::StatusOr<std::unique_ptr<GangEngine>> {
+    EngineOptions options;
+    options.tp_size = tp_size;
+    options.num_threads = num_threads;
+    if (manager != nullptr) {
+      options.kv_factory = [manager](const kvcache::KvShape&, int rank) {
+        return manager->CreateRankCache(rank);
+      };
+    }
+    KVSCOPE_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine,
+                             Engine::Create(std::move(weights), options));
+    return std::unique_ptr<GangEngine>(std::move(engine));
+  };
+}
+
 absl::StatusOr<QualityStats> EvaluateTeacherForced(std::shared_ptr<const ModelWeights> weights,
                                                    const KvManagerFactory& make_manager,
                                                    int tp_size, const std::vector<int32_t>& prompt,
                                                    int32_t num_steps, int num_threads) {
-  if (weights == nullptr) return absl::InvalidArgumentError("quality: no model weights");
-  if (prompt.empty()) return absl::InvalidArgumentError("quality: the prompt is empty");
-  if (num_steps < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("quality: steps must be >= 1, got ", num_steps));
-  }
-  const int64_t context = weights->config.max_position_embeddings;
-  if (static_cast<int64_t>(prompt.size()) + num_steps - 1 > context) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("quality: prompt of ", prompt.size(), " tokens + ", num_steps,
-                     " steps exceeds the model's context of ", context));
-  }
-  KVSCOPE_RETURN_IF_ERROR(CheckIds(weights->config, prompt, "quality: prompt"));
-
-  // (a) The full cache, greedy.
-  std::vector<int32_t> continuation;
-  std::vector<std::vector<float>> full;
-  {
-    KVSCOPE_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine,
-                             MakeEngine(weights, nullptr, tp_size, num_threads));
-    KVSCOPE_ASSIGN_OR_RETURN(
-        full, RunContinuation(*engine, nullptr, prompt, num_steps, nullptr, &continuation));
-  }
-  // (b) The strategy, teacher-forced on the continuation.
-  KVSCOPE_ASSIGN_OR_RETURN(std::unique_ptr<kvcache::KvManager> manager, make_manager());
-  if (manager == nullptr) return absl::InternalError("quality: the factory built no manager");
-  std::vector<std::vector<float>> strategy;
-  {
-    KVSCOPE_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine,
-                             MakeEngine(weights, manager.get(), tp_size, num_threads));
-    KVSCOPE_ASSIGN_OR_RETURN(strategy, RunContinuation(*engine, manager.get(), prompt, num_steps,
-                                                       &continuation, nullptr));
-  }  // the engine (and its rank caches) go before the manager
-  return CompareLogits(full, strategy);
+  return EvaluateTeacherForcedImpl(std::move(weights), make_manager, tp_size, prompt, num_steps,
+                                   CpuQualityEngineFactory(num_threads), nullptr);
 }
 
 absl::StatusOr<QualityStats> EvaluateTeacherForced(
@@ -309,7 +335,8 @@ absl::StatusOr<double> Perplexity(std::shared_ptr<const ModelWeights> weights,
                                   int num_threads) {
   KVSCOPE_ASSIGN_OR_RETURN(std::unique_ptr<kvcache::KvManager> manager, make_manager());
   if (manager == nullptr) return absl::InternalError("perplexity: the factory built no manager");
-  return PerplexityImpl(std::move(weights), manager.get(), tp_size, ids, prefill, num_threads);
+  return PerplexityImpl(std::move(weights), manager.get(), tp_size, ids, prefill,
+                        CpuQualityEngineFactory(num_threads));
 }
 
 absl::StatusOr<double> Perplexity(std::shared_ptr<const ModelWeights> weights,
@@ -325,7 +352,8 @@ absl::StatusOr<double> Perplexity(std::shared_ptr<const ModelWeights> weights,
 absl::StatusOr<double> FullCachePerplexity(std::shared_ptr<const ModelWeights> weights,
                                            int tp_size, const std::vector<int32_t>& ids,
                                            int32_t prefill, int num_threads) {
-  return PerplexityImpl(std::move(weights), nullptr, tp_size, ids, prefill, num_threads);
+  return PerplexityImpl(std::move(weights), nullptr, tp_size, ids, prefill,
+                        CpuQualityEngineFactory(num_threads));
 }
 
 // ---- bench integration ----
@@ -366,6 +394,27 @@ absl::StatusOr<BenchQualityReport> MeasureBenchQuality(
   kvcache::KvManagerContext replay_ctx = ctx;
   replay_ctx.kv_memory_bytes = std::max<int64_t>(
       ctx.kv_memory_bytes, ctx.geometry.BytesPerToken() * (context + 64));
+  const QualityEngineFactory make_engine = options.engine_factory
+                                               ? options.engine_factory
+                                               : CpuQualityEngineFactory(options.num_threads);
+  const KvManagerFactory make_manager = RegistryFactory(
+      strategy, params, replay_ctx, options.engine_factory ? options.host_kv_storage : true);
+  const int tp = std::max<int32_t>(1, ctx.geometry.tp_size);
+  // One full-cache engine for every request (built at the first one that needs it).
+  std::unique_ptr<GangEngine> full_engine;
+  absl::Status full_engine_status;
+  auto full = [&]() -> absl::StatusOr<GangEngine*> {
+    if (full_engine == nullptr && full_engine_status.ok()) {
+      absl::StatusOr<std::unique_ptr<GangEngine>> made = make_engine(weights, nullptr, tp);
+      if (made.ok()) {
+        full_engine = std::move(*made);
+      } else {
+        full_engine_status = made.status();
+      }
+    }
+    if (!full_engine_status.ok()) return full_engine_status;
+    return full_engine.get();
+  };
 
   // Prompts as served: later turns of a conversation prepend the earlier prompt and output.
   const size_t n = std::min(workload.size(), records->size());
@@ -420,9 +469,12 @@ absl::StatusOr<BenchQualityReport> MeasureBenchQuality(
       report.warnings.push_back(absl::StrCat("request ", i, ": no room for a decode step"));
       continue;
     }
+    absl::StatusOr<GangEngine*> full_cache = full();
     absl::StatusOr<QualityStats> q =
-        EvaluateTeacherForced(weights, strategy, params, replay_ctx, prompts[i],
-                              static_cast<int32_t>(steps), options.num_threads);
+        full_cache.ok()
+            ? EvaluateTeacherForcedImpl(weights, make_manager, tp, prompts[i],
+                                        static_cast<int32_t>(steps), make_engine, *full_cache)
+            : absl::StatusOr<QualityStats>(full_cache.status());
     if (!q.ok()) {
       report.warnings.push_back(absl::StrCat("request ", i, ": ", q.status().ToString()));
       continue;
@@ -435,15 +487,18 @@ absl::StatusOr<BenchQualityReport> MeasureBenchQuality(
   if (!options.perplexity_ids.empty()) {
     std::vector<int32_t> ids = options.perplexity_ids;
     if (static_cast<int64_t>(ids.size()) > context) ids.resize(context);  // first window
-    const int tp = std::max<int32_t>(1, ctx.geometry.tp_size);
     const int32_t prefill = std::clamp<int32_t>(options.perplexity_prefill, 1,
                                                 static_cast<int32_t>(ids.size()) - 1);
     // The full cache's failure is an error (bad ids, text too short); the strategy's
     // refusal is reported, so that the run's results are still written.
-    KVSCOPE_ASSIGN_OR_RETURN(report.perplexity_full,
-                             FullCachePerplexity(weights, tp, ids, prefill, options.num_threads));
-    absl::StatusOr<double> ppl =
-        Perplexity(weights, strategy, params, replay_ctx, ids, prefill, options.num_threads);
+    KVSCOPE_ASSIGN_OR_RETURN(GangEngine* const full_cache, full());
+    KVSCOPE_ASSIGN_OR_RETURN(
+        report.perplexity_full,
+        PerplexityImpl(weights, nullptr, tp, ids, prefill, make_engine, full_cache));
+    absl::StatusOr<double> ppl = [&]() -> absl::StatusOr<double> {
+      KVSCOPE_ASSIGN_OR_RETURN(std::unique_ptr<kvcache::KvManager> manager, make_manager());
+      return PerplexityImpl(weights, manager.get(), tp, ids, prefill, make_engine);
+    }();
     if (ppl.ok()) {
       report.perplexity = *ppl;
     } else {

@@ -16,7 +16,9 @@
 // are computed in one step (all rows kept), then one token per step, so that a strategy's
 // eviction / selection applies as it does in decoding. exp(mean NLL) over N - 1 tokens.
 //
-// Everything here runs on the calling thread (the engine's own CPU threads aside).
+// Everything here runs on the calling thread (the engine's own threads aside). The engines
+// are CPU engines unless a QualityEngineFactory builds others (the GPU engine, for a
+// `backend: cuda` bench: engine/cuda/gpu_engine.h, GpuQualityEngineFactory).
 #ifndef KVSCOPE_ENGINE_QUALITY_H_
 #define KVSCOPE_ENGINE_QUALITY_H_
 
@@ -31,6 +33,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "engine/gang_engine.h"
 #include "engine/metrics.h"
 #include "engine/weights.h"
 #include "engine/workload.h"
@@ -66,6 +69,15 @@ absl::StatusOr<QualityStats> CompareLogits(const std::vector<std::vector<float>>
 // Builds a fresh manager for one evaluation. Lets tests (and strategies not in the registry)
 // plug in their own; the string overloads use kvcache::CreateKvManager.
 using KvManagerFactory = std::function<absl::StatusOr<std::unique_ptr<kvcache::KvManager>>()>;
+
+// Builds the engine of one evaluation over all `tp_size` ranks: with `manager` null the full
+// cache, else rank caches from manager->CreateRankCache (the manager outlives the engine).
+// The evaluation drives it as the scheduler does: KvManager::Plan, GangEngine::ApplyPlan,
+// Forward, and Release at the end.
+using QualityEngineFactory = std::function<absl::StatusOr<std::unique_ptr<GangEngine>>(
+    std::shared_ptr<const ModelWeights> weights, kvcache::KvManager* manager, int tp_size)>;
+// The CPU engine with `num_threads` threads (0 = every core): the default everywhere here.
+QualityEngineFactory CpuQualityEngineFactory(int num_threads);
 
 // InvalidArgument for an empty prompt, num_steps < 1, or prompt + num_steps beyond the model's
 // context; the strategy's errors (admission, out of memory: ResourceExhausted) pass through.
@@ -114,6 +126,12 @@ struct BenchQualityOptions {
   int32_t perplexity_prefill = 1;
   uint64_t seed = 0;  // picks the requests (the workload seed)
   int num_threads = 0;
+  // The engines of the checks; null = CpuQualityEngineFactory(num_threads). The full-cache
+  // engine is built once and reused for every request; each request's strategy engine is
+  // built over a fresh manager, whose rank caches keep host K/V storage only when
+  // host_kv_storage (false for engines that keep the K/V themselves, as the GPU engine).
+  QualityEngineFactory engine_factory;
+  bool host_kv_storage = true;
 };
 
 struct BenchQualityReport {

@@ -10,8 +10,9 @@
 #             KV memory that holds the whole load; lossless (paged, contiguous): the KV
 #             memory is B x what the whole load needs (float32 bytes per token, as
 #             memory.kv_bytes counts them), so lower budgets queue or preempt
-#   quality   off (--quality-sample-rate 0): the CPU quality check of a 1B model would take
-#             longer than the call; quality is measured by the CPU sweeps
+#   quality   off (--quality-sample-rate 0): the checks (on the GPU, two engines per
+#             request) would not fit the call with every budget; quality is measured by the
+#             CPU sweeps and by gpu_quality_test
 # Prints TSV rows `strategy<TAB>name<TAB>kv_budget<TAB>output_tok_s<TAB>median_tpot_ms<TAB>
 # peak_kv_used_MiB<TAB>peak_host_kv_MiB<TAB>device_kv_pool_MiB<TAB>pinned_MiB<TAB>h2d_MiB`
 # (used/host KV as the strategy accounts it, float32; pool, pinned and h2d as the GPU engine

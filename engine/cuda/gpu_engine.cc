@@ -246,4 +246,26 @@ std::vector<GpuMemoryReport> GpuEngine::MemoryReports() const {
   return reports;
 }
 
+QualityEngineFactory GpuQualityEngineFactory(GpuEngineOptions base, int64_t full_cache_tokens) {
+  return [base, full_cache_tokens](std::shared_ptr<const ModelWeights> weights,
+                                   kvcache::KvManager* manager,
+                                   int tp_size) -> absl::StatusOr<std::unique_ptr<GangEngine>> {
+    GpuEngineOptions g = base;
+    g.tp_size = tp_size;
+    if (manager != nullptr) {
+      g.kv_factory = [manager](const kvcache::KvShape&, int rank) {
+        return manager->CreateRankCache(rank);
+      };
+    } else {
+      g.kv_factory = nullptr;  // FullKvCache
+      g.max_kv_tokens = full_cache_tokens;
+      const int64_t block = g.shard.block_size;
+      g.shard.num_kv_blocks = (full_cache_tokens + block - 1) / block + 1;
+    }
+    KVSCOPE_ASSIGN_OR_RETURN(std::unique_ptr<GpuEngine> engine,
+                             GpuEngine::Create(std::move(weights), g));
+    return std::unique_ptr<GangEngine>(std::move(engine));
+  };
+}
+
 }  // namespace kvscope::engine::cuda

@@ -32,6 +32,7 @@
 #include "engine/cuda/gpu_model_shard.h"
 #include "engine/gang_engine.h"
 #include "engine/model.h"
+#include "engine/quality.h"
 #include "engine/weights.h"
 #include "kvcache/kv_cache.h"
 #include "kvcache/kv_manager.h"
@@ -126,6 +127,13 @@ class GpuEngine final : public GangEngine {
   std::vector<std::unique_ptr<kvcache::KvCache>> caches_;
   bool failed_ = false;
 };
+
+// The engines of a `backend: cuda` bench's quality checks (engine/quality.h): GpuEngines
+// with `base`'s options (tp_size from the call). With a manager, its rank caches (create it
+// with KvManagerContext::host_kv_storage false: the K/V live on the device); without, the
+// full cache (FullKvCache, bookkeeping only) bounded to `full_cache_tokens` tokens with a
+// device pool of that size, so that it can stay alive next to the strategy's engine.
+QualityEngineFactory GpuQualityEngineFactory(GpuEngineOptions base, int64_t full_cache_tokens);
 
 }  // namespace kvscope::engine::cuda
 

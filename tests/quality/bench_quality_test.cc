@@ -1,8 +1,11 @@
 // MeasureBenchQuality / ApplyQualityToSummary: the `kvscope bench` side of engine/quality.h.
 #include <cmath>
+#include <map>
+#include <string>
 #include <memory>
 #include <vector>
 
+#include "engine/gang_engine.h"
 #include "engine/model.h"
 #include "engine/presets.h"
 #include "engine/quality.h"
@@ -114,6 +117,128 @@ TEST(BenchQualityTest, PerplexityOfLongTextUnderSmallRunPoolAndRatioBudget) {
   // 60 of 120 tokens kept: the strategy's perplexity differs from the full cache's.
   EXPECT_NE(*report->perplexity, *report->perplexity_full);
   EXPECT_EQ(report->measured, 1);
+}
+
+// An engine that forwards to another and counts the plans it was asked to mirror.
+class CountingEngine final : public GangEngine {
+ public:
+  CountingEngine(std::unique_ptr<GangEngine> inner, int* plans) : inner_(std::move(inner)), plans_(plans) {}
+  const ModelConfig& config() const override { return inner_->config(); }
+  int first_rank() const override { return inner_->first_rank(); }
+  int local_ranks() const override { return inner_->local_ranks(); }
+  absl::Status ApplyPlan(const kvcache::StepPlan& plan) override {
+    ++*plans_;
+    return inner_->ApplyPlan(plan);
+  }
+  absl::StatusOr<ForwardOutput> Forward(absl::Span<const SeqInput> batch) override {
+    return inner_->Forward(batch);
+  }
+  void Release(int64_t seq_id) override { inner_->Release(seq_id); }
+  void AbortCollectives() override { inner_->AbortCollectives(); }
+
+ private:
+  std::unique_ptr<GangEngine> inner_;
+  int* plans_;
+};
+
+// The engines come from the factory (the GPU backend's hook): one full-cache engine for all
+// requests, one strategy engine per request, every strategy step's plan mirrored, and the
+// same numbers as the default CPU engines.
+TEST(BenchQualityTest, EnginesComeFromTheFactory) {
+  auto w = Tiny();
+  std::vector<RequestSpec> workload;
+  std::vector<RequestRecord> want_records, got_records;
+  SingleTurn(3, &workload, &want_records);
+  got_records = want_records;
+  BenchQualityOptions options;
+  options.sample_rate = 1.0;
+  options.steps = 5;
+  for (int i = 0; i < 20; ++i) options.perplexity_ids.push_back((i * 11 + 2) % 2048);
+  const std::map<std::string, std::string> params = {{"kv_budget", "0.5"}};
+  auto want = MeasureBenchQuality(w, "h2o", params, Context(w->config), workload, options,
+                                  &want_records);
+  ASSERT_TRUE(want.ok()) << want.status();
+
+  int full_engines = 0, strategy_engines = 0, plans = 0;
+  const QualityEngineFactory cpu = CpuQualityEngineFactory(0);
+  options.engine_factory = [&](std::shared_ptr<const ModelWeights> weights,
+                               kvcache::KvManager* manager,
+                               int tp) -> absl::StatusOr<std::unique_ptr<GangEngine>> {
+    ++(manager == nullptr ? full_engines : strategy_engines);
+    auto inner = cpu(std::move(weights), manager, tp);
+    if (!inner.ok()) return inner.status();
+    return std::unique_ptr<GangEngine>(new CountingEngine(std::move(*inner), &plans));
+  };
+  auto got = MeasureBenchQuality(w, "h2o", params, Context(w->config), workload, options,
+                                 &got_records);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->measured, 3);
+  EXPECT_EQ(full_engines, 1);
+  EXPECT_EQ(strategy_engines, 3 + 1);  // each request, then the perplexity text
+  // Strategy steps: 5 per request (prompt + 4 forced tokens) and 20 - 1 for the text.
+  EXPECT_EQ(plans, 3 * 5 + 19);
+  for (size_t i = 0; i < got_records.size(); ++i) {
+    ASSERT_TRUE(got_records[i].quality_mean_kl.has_value());
+    EXPECT_EQ(*got_records[i].quality_mean_kl, *want_records[i].quality_mean_kl);
+    EXPECT_EQ(*got_records[i].quality_top1_agreement, *want_records[i].quality_top1_agreement);
+  }
+  EXPECT_EQ(got->perplexity, want->perplexity);
+  EXPECT_EQ(got->perplexity_full, want->perplexity_full);
+}
+
+// host_kv_storage false (for engines that keep the K/V themselves) reaches the managers: a
+// CPU engine over such caches cannot run, and every request says so instead of failing the
+// run.
+TEST(BenchQualityTest, FactoryManagersFollowHostKvStorage) {
+  auto w = Tiny();
+  std::vector<RequestSpec> workload;
+  std::vector<RequestRecord> records;
+  SingleTurn(2, &workload, &records);
+  BenchQualityOptions options;
+  options.sample_rate = 1.0;
+  options.steps = 3;
+  options.engine_factory = CpuQualityEngineFactory(0);
+  options.host_kv_storage = true;
+  auto ok = MeasureBenchQuality(w, "paged", {}, Context(w->config), workload, options, &records);
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(ok->measured, 2);
+  options.host_kv_storage = false;
+  std::vector<RequestRecord> again;
+  SingleTurn(2, &workload, &again);
+  workload.resize(2);
+  auto refused =
+      MeasureBenchQuality(w, "paged", {}, Context(w->config), workload, options, &again);
+  ASSERT_TRUE(refused.ok()) << refused.status();
+  EXPECT_EQ(refused->sampled, 2);
+  EXPECT_EQ(refused->measured, 0);
+  EXPECT_EQ(refused->warnings.size(), 2u);
+}
+
+// A factory that cannot build the full-cache engine: a warning per sampled request, the run's
+// records untouched, no error.
+TEST(BenchQualityTest, FullEngineFailureIsAWarningPerRequest) {
+  auto w = Tiny();
+  std::vector<RequestSpec> workload;
+  std::vector<RequestRecord> records;
+  SingleTurn(2, &workload, &records);
+  BenchQualityOptions options;
+  options.sample_rate = 1.0;
+  options.steps = 3;
+  int calls = 0;
+  options.engine_factory = [&](std::shared_ptr<const ModelWeights>, kvcache::KvManager*,
+                               int) -> absl::StatusOr<std::unique_ptr<GangEngine>> {
+    ++calls;
+    return absl::ResourceExhaustedError("no device memory left");
+  };
+  auto report =
+      MeasureBenchQuality(w, "h2o", {{"kv_budget", "0.5"}}, Context(w->config), workload,
+                          options, &records);
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ(report->measured, 0);
+  ASSERT_EQ(report->warnings.size(), 2u);
+  EXPECT_NE(report->warnings[0].find("no device memory left"), std::string::npos);
+  EXPECT_EQ(calls, 1);  // not retried per request
+  for (const RequestRecord& r : records) EXPECT_FALSE(r.quality_mean_kl.has_value());
 }
 
 TEST(BenchQualityTest, SeededSampleIsReproducible) {
