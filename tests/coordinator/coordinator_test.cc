@@ -18,7 +18,6 @@
 #include <thread>
 #include <vector>
 
-#include <sqlite3.h>
 
 #include "common/clock.h"
 #include "coordinator/store.h"
@@ -31,6 +30,7 @@ namespace {
 using testing::CpuWorker;
 using testing::Failure;
 using testing::GpuWorker;
+using testing::StoreWriteLock;
 using testing::Success;
 
 constexpr double kLease = 30;
@@ -544,17 +544,14 @@ TEST_F(CoordinatorTest, FailedCommitIsNotAcknowledgedAndStopsChanges) {
   auto a = Acquire(w, 1);
   ASSERT_EQ(a.size(), 1u);
 
-  sqlite3* other = nullptr;
-  ASSERT_EQ(sqlite3_open(path_.c_str(), &other), SQLITE_OK);
-  ASSERT_EQ(sqlite3_exec(other, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr), SQLITE_OK);
+  StoreWriteLock other(path_);
   absl::Status report = coordinator_->ReportResult(w, a[0].attempt_id, Success());
   EXPECT_FALSE(report.ok());
   absl::Status next = coordinator_->ExpireLeases();
   EXPECT_EQ(next.code(), absl::StatusCode::kUnavailable) << next;
   EXPECT_NE(next.message().find("restart"), std::string::npos) << next;
   EXPECT_EQ(coordinator_->AcquireTrials(w, 1).status().code(), absl::StatusCode::kUnavailable);
-  ASSERT_EQ(sqlite3_exec(other, "ROLLBACK", nullptr, nullptr, nullptr), SQLITE_OK);
-  sqlite3_close(other);
+  other.Release();
 
   Open();  // the unacknowledged result is not there; the worker's retry is
   EXPECT_EQ(Trial(e, 0).state, TrialState::kLeased);
@@ -816,9 +813,7 @@ TEST_F(CoordinatorTest, AsyncCallbackSeesAFailedCommit) {
   const std::string w = Register(CpuWorker());
   auto a = Acquire(w, 1);
   ASSERT_EQ(a.size(), 1u);
-  sqlite3* other = nullptr;
-  ASSERT_EQ(sqlite3_open(path_.c_str(), &other), SQLITE_OK);
-  ASSERT_EQ(sqlite3_exec(other, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr), SQLITE_OK);
+  StoreWriteLock other(path_);
   std::mutex mu;
   std::condition_variable cv;
   bool called = false;
@@ -834,8 +829,7 @@ TEST_F(CoordinatorTest, AsyncCallbackSeesAFailedCommit) {
     std::unique_lock<std::mutex> lock(mu);
     cv.wait_for(lock, std::chrono::seconds(10), [&] { return called; });
   }
-  ASSERT_EQ(sqlite3_exec(other, "ROLLBACK", nullptr, nullptr, nullptr), SQLITE_OK);
-  sqlite3_close(other);
+  other.Release();
   ASSERT_TRUE(called);
   EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
   Open();

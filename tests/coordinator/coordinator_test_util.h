@@ -1,10 +1,12 @@
 // File: tests/coordinator/coordinator_test_util.h
 //
-// What the Coordinator tests share: worker capabilities, result reports, and a fixture
-// holding a Coordinator over a real SQLite file in a fresh directory with a FakeClock.
+// What the Coordinator tests share: worker capabilities, result reports, a fixture holding
+// a Coordinator over a real SQLite file in a fresh directory with a FakeClock, and a lock
+// on that file taken as another process would.
 #ifndef KVSCOPE_TESTS_COORDINATOR_COORDINATOR_TEST_UTIL_H_
 #define KVSCOPE_TESTS_COORDINATOR_COORDINATOR_TEST_UTIL_H_
 
+#include <sqlite3.h>
 #include <stdlib.h>
 
 #include <cstdint>
@@ -19,6 +21,31 @@
 #include "gtest/gtest.h"
 
 namespace kvscope::coordinator::testing {
+
+// The store's write lock, held from a second SQLite connection (BEGIN IMMEDIATE) from
+// construction until Release() or destruction: the coordinator's commits meanwhile wait
+// for busy_timeout_seconds and then fail. A test failure when it cannot be taken.
+class StoreWriteLock {
+ public:
+  explicit StoreWriteLock(const std::string& path) {
+    EXPECT_EQ(sqlite3_open(path.c_str(), &db_), SQLITE_OK) << path;
+    EXPECT_EQ(sqlite3_exec(db_, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr), SQLITE_OK)
+        << sqlite3_errmsg(db_);
+  }
+  ~StoreWriteLock() { Release(); }
+  StoreWriteLock(const StoreWriteLock&) = delete;
+  StoreWriteLock& operator=(const StoreWriteLock&) = delete;
+  // Rolls back and closes the connection; nothing the second time.
+  void Release() {
+    if (db_ == nullptr) return;
+    EXPECT_EQ(sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr), SQLITE_OK);
+    sqlite3_close(db_);
+    db_ = nullptr;
+  }
+
+ private:
+  sqlite3* db_ = nullptr;
+};
 
 inline WorkerCapabilities CpuWorker(int32_t max_cpu_trials = 1) {
   WorkerCapabilities c;

@@ -32,6 +32,7 @@ using ::testing::HasSubstr;
 using testing::CpuWorker;
 using testing::Failure;
 using testing::GpuWorker;
+using testing::StoreWriteLock;
 using testing::Success;
 
 constexpr double kLease = 30;
@@ -704,13 +705,10 @@ TEST_F(GangTest, WaiterIsToldTheAttemptEndedOnlyOnceThatIsDurable) {
   absl::StatusOr<Rendezvous> got = absl::UnknownError("not yet");
   std::thread waiter([&] { got = coordinator_->AwaitRendezvous(w2, attempt, gang, 1, 5); });
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  sqlite3* other = nullptr;
-  ASSERT_EQ(sqlite3_open((dir_ + "/coordinator.db").c_str(), &other), SQLITE_OK);
-  ASSERT_EQ(sqlite3_exec(other, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr), SQLITE_OK);
+  StoreWriteLock other(path_);
   EXPECT_FALSE(coordinator_->ReportResult(w1, attempt, Failure("bind failed")).ok());
   waiter.join();
-  ASSERT_EQ(sqlite3_exec(other, "ROLLBACK", nullptr, nullptr, nullptr), SQLITE_OK);
-  sqlite3_close(other);
+  other.Release();
   EXPECT_EQ(got.status().code(), absl::StatusCode::kUnavailable) << got.status();
   Open();  // the failure was never durable: the gang is still in flight
   EXPECT_EQ(Trial(e, 0).state, TrialState::kLeased);
@@ -727,9 +725,7 @@ TEST_F(GangTest, AwaitAfterAnEndThatIsNotDurableIsNotAborted) {
   ASSERT_EQ(ranks.size(), 2u);
   const int64_t attempt = ranks[0].attempt_id;
   const std::string gang = ranks[0].gang->gang_id;
-  sqlite3* other = nullptr;
-  ASSERT_EQ(sqlite3_open((dir_ + "/coordinator.db").c_str(), &other), SQLITE_OK);
-  ASSERT_EQ(sqlite3_exec(other, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr), SQLITE_OK);
+  StoreWriteLock other(path_);
   std::mutex m;
   std::condition_variable cv;
   std::optional<absl::Status> reported;
@@ -744,8 +740,7 @@ TEST_F(GangTest, AwaitAfterAnEndThatIsNotDurableIsNotAborted) {
     std::unique_lock<std::mutex> lock(m);
     ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(10), [&] { return reported.has_value(); }));
   }
-  ASSERT_EQ(sqlite3_exec(other, "ROLLBACK", nullptr, nullptr, nullptr), SQLITE_OK);
-  sqlite3_close(other);
+  other.Release();
   EXPECT_FALSE(reported->ok());
   EXPECT_EQ(got.status().code(), absl::StatusCode::kUnavailable) << got.status();
   Open();
@@ -903,9 +898,7 @@ TEST_F(GangTest, AsyncAwaitAndCancelDoNotWaitForTheCoordinatorLock) {
   ASSERT_EQ(ranks.size(), 2u);
   const int64_t attempt = ranks[0].attempt_id;
   const std::string gang = ranks[0].gang->gang_id;
-  sqlite3* other = nullptr;
-  ASSERT_EQ(sqlite3_open(path_.c_str(), &other), SQLITE_OK);
-  ASSERT_EQ(sqlite3_exec(other, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr), SQLITE_OK);
+  StoreWriteLock other(path_);
   // A commit that holds the store while it waits for `other`...
   std::thread committer(
       [&] { EXPECT_TRUE(coordinator_->ReportProgress(w1, attempt, 1, 10, 0.5).ok()); });
@@ -934,8 +927,7 @@ TEST_F(GangTest, AsyncAwaitAndCancelDoNotWaitForTheCoordinatorLock) {
       });
   coordinator_->CancelAwait(to_cancel);
   const auto took = std::chrono::steady_clock::now() - start;
-  ASSERT_EQ(sqlite3_exec(other, "ROLLBACK", nullptr, nullptr, nullptr), SQLITE_OK);
-  sqlite3_close(other);
+  other.Release();
   committer.join();
   reader.join();
   EXPECT_LT(took, std::chrono::milliseconds(3000));

@@ -14,26 +14,12 @@
 #include "gtest/gtest.h"
 #include "tests/gpu_engine/gpu_engine_test_util.h"
 #include "tests/gpu_kernels/gpu_test_util.h"
+#include "tests/quality/quality_test_util.h"
 
 namespace kvscope::engine::cuda {
 namespace {
 
 using ::kvscope::testing::PresetWeights;
-
-void Requests(int n, std::vector<RequestSpec>* workload, std::vector<RequestRecord>* records) {
-  for (int i = 0; i < n; ++i) {
-    RequestSpec r;
-    r.id = i;
-    for (int j = 0; j < 30 + 5 * i; ++j) r.prompt.push_back((j * 13 + i * 7 + 1) % 500);
-    r.output_len = 12;
-    workload->push_back(r);
-    RequestRecord rec;
-    rec.id = i;
-    rec.input_tokens = static_cast<int64_t>(r.prompt.size());
-    rec.completed = true;
-    records->push_back(rec);
-  }
-}
 
 TEST(GpuQualityTest, StrategiesMeasureAsOnTheCpu) {
   KVSCOPE_SKIP_WITHOUT_GPU();
@@ -51,7 +37,7 @@ TEST(GpuQualityTest, StrategiesMeasureAsOnTheCpu) {
     SCOPED_TRACE(strategy);
     std::vector<RequestSpec> workload;
     std::vector<RequestRecord> cpu_records, gpu_records;
-    Requests(3, &workload, &cpu_records);
+    ::kvscope::testing::SingleTurnRun(3, 30, 5, 12, 500, &workload, &cpu_records);
     gpu_records = cpu_records;
     BenchQualityOptions options;
     options.sample_rate = 1.0;

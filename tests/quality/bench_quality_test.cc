@@ -11,6 +11,7 @@
 #include "engine/quality.h"
 #include "engine/weights.h"
 #include "gtest/gtest.h"
+#include "tests/quality/quality_test_util.h"
 
 namespace kvscope::engine {
 namespace {
@@ -27,20 +28,9 @@ kvcache::KvManagerContext Context(const ModelConfig& c) {
   return {KvGeometryFor(c, 1), 16LL << 20, 256};
 }
 
-// n single-turn requests with their records as a finished run leaves them.
+// n single-turn requests (prompts of 12 + i tokens, 6 output tokens), finished.
 void SingleTurn(int n, std::vector<RequestSpec>* workload, std::vector<RequestRecord>* records) {
-  for (int i = 0; i < n; ++i) {
-    RequestSpec r;
-    r.id = i;
-    for (int j = 0; j < 12 + i; ++j) r.prompt.push_back((j * 13 + i * 7 + 1) % 2048);
-    r.output_len = 6;
-    workload->push_back(r);
-    RequestRecord rec;
-    rec.id = i;
-    rec.input_tokens = static_cast<int64_t>(r.prompt.size());
-    rec.completed = true;
-    records->push_back(rec);
-  }
+  testing::SingleTurnRun(n, 12, 1, 6, 2048, workload, records);
 }
 
 TEST(BenchQualityTest, DefaultRateFollowsLossiness) {
