@@ -1608,8 +1608,10 @@ absl::Status Coordinator::Impl::CheckGang(int64_t attempt_id,
         absl::StrCat("attempt ", attempt_id, " is not a gang; it has no rendezvous"));
   }
   if (gang_id != attempt_gang_id) {
-    return absl::FailedPreconditionError(absl::StrCat("stale gang ", gang_id, ": attempt ",
-                                                      attempt_id, " is gang ", attempt_gang_id));
+    // The attempt's own gang id is not named: the caller may be any registered worker.
+    return absl::FailedPreconditionError(absl::StrCat(
+        "stale gang ", gang_id, ": attempt ", attempt_id,
+        " belongs to another gang; stop this rank (a retried trial runs under a new gang id)"));
   }
   return absl::OkStatus();
 }
@@ -1885,15 +1887,18 @@ absl::Status Coordinator::Impl::ExpireLeasesLocked(int64_t* ticket) {
     }
     const absl::Status ended = RetryOrFail(lease, "expired", reason, &op);
     if (!ended.ok()) {
-      // Stop here, but keep what this pass already changed: it is queued below like any
-      // change (leaving it out would put memory ahead of the store for good).
-      status = absl::Status(
-          ended.code(),
-          absl::StrCat("expiring the lease of attempt ", lease.attempt_id, " (trial ",
-                       trials_[lease.trial].id, "): ", ended.message(),
-                       "; it stays open and is expired at the next pass once the store "
-                       "can be read again (the leases expired before it are committed)"));
-      break;
+      // RetryOrFail changed nothing: this lease stays open for the next pass, and the others
+      // still expire (a lease that cannot be ended must not hold back every later one). The
+      // pass's changes are queued below like any change; the first error is returned.
+      if (status.ok()) {
+        status = absl::Status(
+            ended.code(),
+            absl::StrCat("expiring the lease of attempt ", lease.attempt_id, " (trial ",
+                         trials_[lease.trial].id, "): ", ended.message(),
+                         "; it stays open and is expired at the next pass once the store can "
+                         "be read again (the other leases this pass expired are committed)"));
+      }
+      continue;
     }
     ReleaseLease(lease.attempt_id);
   }

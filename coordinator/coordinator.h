@@ -322,7 +322,9 @@ class Coordinator {
   // for the end of the attempt (Aborted), on the thread that commits that end, once it is
   // durable (a failed commit answers its error instead); it may run before this returns.
   // Returns a handle for CancelAwait; 0 only once the coordinator is being destroyed, when
-  // `done` already ran on this thread with Unavailable.
+  // `done` already ran on this thread with Unavailable. Every answer but that one passes
+  // through the rendezvous thread, so `done` must not block on another rendezvous answer
+  // (e.g. call AwaitRendezvous): it would wait for its own thread.
   int64_t AwaitRendezvousAsync(const std::string& worker_id, int64_t attempt_id,
                                const std::string& gang_id, int32_t rank,
                                double timeout_seconds, Callback<absl::StatusOr<Rendezvous>> done);
@@ -334,9 +336,9 @@ class Coordinator {
 
   // Expires leases whose renewal is older than lease_seconds on the clock. The daemon
   // calls it every second; tests call it after advancing a FakeClock. Should a store read
-  // fail part-way (ending a trial's last attempt reads its earlier ones), the pass stops
-  // there with that error, but only once the leases it ended before are committed; the
-  // lease it stopped at stays open, unchanged, for the next pass.
+  // fail for a lease (ending a trial's last attempt reads its earlier ones), that lease
+  // stays open, unchanged, for the next pass, the others expire as usual, and the first
+  // such error is returned once the pass's changes are committed.
   // Also writes what is kept in memory between state changes: heartbeat times of workers
   // and progress of running trials (so a crash loses at most about a second of those).
   absl::Status ExpireLeases();

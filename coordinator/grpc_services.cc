@@ -455,7 +455,7 @@ class AwaitReactor final : public grpc::ServerUnaryReactor {
  private:
   Coordinator* const coordinator_;
   std::mutex mu_;
-  int64_t handle_ = 0;  // Coordinator::CancelAwait's handle; 0 = none (already answered)
+  int64_t handle_ = 0;  // Coordinator::CancelAwait's handle; 0 = none (coordinator closing)
   bool started_ = false;
   std::optional<grpc::Status> early_;  // an answer that came before Start returned
 };

@@ -759,9 +759,9 @@ int SqlOnOtherConnection(const std::string& path, const char* sql) {
 
 // Review fix: a store read that fails part-way through an expiry pass (here: the earlier
 // attempts of a trial on its last attempt, read to list its failure reasons) must not drop
-// what the pass already changed. The leases it ended are committed, and their rendezvous
-// waiters told, before ExpireLeases returns the error; the lease the read failed for stays
-// open and untouched, and the next pass expires it.
+// what the pass changes. The leases it ends, before and after the failing one, are
+// committed, and their rendezvous waiters told, before ExpireLeases returns the error; the
+// lease the read failed for stays open and untouched, and the next pass expires it.
 TEST_F(GangTest, ExpiryThatFailsPartWayCommitsWhatItAlreadyEnded) {
   std::string e, w1, w2;
   auto ranks = PlaceGangOfTwo(&e, &w1, &w2);  // max_attempts 3: retried on expiry
@@ -773,6 +773,11 @@ TEST_F(GangTest, ExpiryThatFailsPartWayCommitsWhatItAlreadyEnded) {
   auto plain = Acquire(w3, 1);  // its trial's last attempt: its expiry reads the store
   ASSERT_EQ(plain.size(), 1u);
   ASSERT_GT(plain[0].attempt_id, gang_attempt);  // so the pass ends the gang first
+  const std::string later = Submit(MakeSweep({Cpu()}, /*max_attempts=*/3));
+  const std::string w4 = Register(CpuWorker());
+  auto after = Acquire(w4, 1);  // after the failing one: it must not be held back
+  ASSERT_EQ(after.size(), 1u);
+  ASSERT_GT(after[0].attempt_id, plain[0].attempt_id);
 
   std::mutex m;
   std::condition_variable cv;
@@ -812,6 +817,11 @@ TEST_F(GangTest, ExpiryThatFailsPartWayCommitsWhatItAlreadyEnded) {
   auto trial_rows = store_->ListTrials(e);
   ASSERT_TRUE(trial_rows.ok()) << trial_rows.status();
   EXPECT_EQ((*trial_rows)[0].state, "pending");
+  // ...the end of the lease after the failing one...
+  auto after_row = store_->GetAttempt(after[0].attempt_id);
+  ASSERT_TRUE(after_row.ok() && after_row->has_value()) << after_row.status();
+  EXPECT_EQ((*after_row)->state, "expired");
+  EXPECT_EQ(Trial(later, 0).state, TrialState::kPending);
   // ...and nothing of the attempt whose read failed, in the store or in memory.
   auto plain_row = store_->GetAttempt(plain[0].attempt_id);
   ASSERT_TRUE(plain_row.ok() && plain_row->has_value()) << plain_row.status();
@@ -828,6 +838,31 @@ TEST_F(GangTest, ExpiryThatFailsPartWayCommitsWhatItAlreadyEnded) {
   ASSERT_EQ(retried.attempts.size(), 1u);
   EXPECT_EQ(retried.attempts[0].state, "expired");
   EXPECT_EQ(Trial(last, 0).state, TrialState::kFailed);
+}
+
+// A wait still pending when the coordinator goes away (a restart here) is answered once,
+// Unavailable: the worker asks the next coordinator.
+TEST_F(GangTest, PendingAwaitIsAnsweredOnceWhenTheCoordinatorCloses) {
+  std::string e, w1, w2;
+  auto ranks = PlaceGangOfTwo(&e, &w1, &w2);
+  ASSERT_EQ(ranks.size(), 2u);
+  const int64_t attempt = ranks[0].attempt_id;
+  const std::string gang = ranks[0].gang->gang_id;
+  std::mutex m;
+  std::vector<absl::Status> answers;
+  ASSERT_NE(coordinator_->AwaitRendezvousAsync(w2, attempt, gang, 1, 60,
+                                               [&](absl::StatusOr<Rendezvous> r) {
+                                                 std::lock_guard<std::mutex> lock(m);
+                                                 answers.push_back(r.status());
+                                               }),
+            0);
+  // Calls are taken up in order: once this one is answered, the wait above is registered.
+  EXPECT_EQ(coordinator_->AwaitRendezvous(w2, attempt, gang, 1, 0).status().code(),
+            absl::StatusCode::kDeadlineExceeded);
+  Open();  // destroys the coordinator, then opens a new one on the same store
+  std::lock_guard<std::mutex> lock(m);
+  ASSERT_EQ(answers.size(), 1u);
+  EXPECT_EQ(answers[0].code(), absl::StatusCode::kUnavailable) << answers[0];
 }
 
 // Review fix: how an attempt ended is told only to its own ranks. An AwaitRendezvous for an
