@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "engine/engine.h"
+#include "kvcache/infinigen_kv_manager.h"
 #include "kvcache/registry.h"
 
 namespace kvscope::engine {
@@ -394,11 +395,31 @@ absl::StatusOr<BenchQualityReport> MeasureBenchQuality(
   kvcache::KvManagerContext replay_ctx = ctx;
   replay_ctx.kv_memory_bytes = std::max<int64_t>(
       ctx.kv_memory_bytes, ctx.geometry.BytesPerToken() * (context + 64));
-  const QualityEngineFactory make_engine = options.engine_factory
+  const QualityEngineFactory base_engine = options.engine_factory
                                                ? options.engine_factory
                                                : CpuQualityEngineFactory(options.num_threads);
-  const KvManagerFactory make_manager = RegistryFactory(
+  const KvManagerFactory registry = RegistryFactory(
       strategy, params, replay_ctx, options.engine_factory ? options.host_kv_storage : true);
+  // infinigen: the skew depends only on the model and the strategy's options, so the first
+  // engine's calibration (engine/infinigen_calibration.h, a host forward pass) is handed to
+  // every later manager instead of being redone per request.
+  std::shared_ptr<const kvcache::InfinigenSkew> skew;
+  const KvManagerFactory make_manager =
+      [&]() -> absl::StatusOr<std::unique_ptr<kvcache::KvManager>> {
+    KVSCOPE_ASSIGN_OR_RETURN(std::unique_ptr<kvcache::KvManager> manager, registry());
+    auto* ig = dynamic_cast<kvcache::InfinigenKvManager*>(manager.get());
+    if (ig != nullptr && skew != nullptr) KVSCOPE_RETURN_IF_ERROR(ig->SetSkew(skew));
+    return manager;
+  };
+  const QualityEngineFactory make_engine =
+      [&](std::shared_ptr<const ModelWeights> w, kvcache::KvManager* manager,
+          int tp_size) -> absl::StatusOr<std::unique_ptr<GangEngine>> {
+    KVSCOPE_ASSIGN_OR_RETURN(std::unique_ptr<GangEngine> engine,
+                             base_engine(std::move(w), manager, tp_size));
+    auto* ig = dynamic_cast<kvcache::InfinigenKvManager*>(manager);
+    if (ig != nullptr && skew == nullptr) skew = ig->shared_skew();
+    return engine;
+  };
   const int tp = std::max<int32_t>(1, ctx.geometry.tp_size);
   // One full-cache engine for every request (built at the first one that needs it).
   std::unique_ptr<GangEngine> full_engine;

@@ -130,6 +130,8 @@ struct BenchQualityOptions {
   // engine is built once and reused for every request; each request's strategy engine is
   // built over a fresh manager, whose rank caches keep host K/V storage only when
   // host_kv_storage (false for engines that keep the K/V themselves, as the GPU engine).
+  // infinigen's skew is calibrated once, by the first strategy engine, and set on every
+  // later manager.
   QualityEngineFactory engine_factory;
   bool host_kv_storage = true;
 };

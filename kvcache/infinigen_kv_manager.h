@@ -105,6 +105,8 @@ class InfinigenKvManager final : public KvManager {
   // first step (engine/infinigen_calibration.h); InvalidArgument if they do not match the
   // geometry or partial_dim.
   const InfinigenSkew* skew() const { return skew_.get(); }
+  // The same, shareable with another manager of the same model and options (SetSkew).
+  std::shared_ptr<const InfinigenSkew> shared_skew() const { return skew_; }
   absl::Status SetSkew(std::shared_ptr<const InfinigenSkew> skew);
   double alpha() const;
   // max_num_kv of a sequence with this prompt and output (may be 0: refused at admission).

@@ -1,4 +1,5 @@
 // MeasureBenchQuality / ApplyQualityToSummary: the `kvscope bench` side of engine/quality.h.
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <string>
@@ -10,6 +11,7 @@
 #include "engine/presets.h"
 #include "engine/quality.h"
 #include "engine/weights.h"
+#include "kvcache/infinigen_kv_manager.h"
 #include "gtest/gtest.h"
 #include "tests/quality/quality_test_util.h"
 
@@ -174,6 +176,50 @@ TEST(BenchQualityTest, EnginesComeFromTheFactory) {
   }
   EXPECT_EQ(got->perplexity, want->perplexity);
   EXPECT_EQ(got->perplexity_full, want->perplexity_full);
+}
+
+// infinigen: the skew is calibrated for the first request's engine and handed to every later
+// manager before its engine is built; the numbers equal a fresh calibration per request.
+TEST(BenchQualityTest, InfinigenCalibratesOnce) {
+  auto w = Tiny();
+  std::vector<RequestSpec> workload;
+  std::vector<RequestRecord> records;
+  SingleTurn(3, &workload, &records);
+  const std::map<std::string, std::string> params = {{"dense_layers", "1"}};
+  BenchQualityOptions options;
+  options.sample_rate = 1.0;
+  options.steps = 4;
+  const QualityEngineFactory cpu = CpuQualityEngineFactory(0);
+  std::vector<const kvcache::InfinigenSkew*> preset;  // the skew each manager came with
+  const kvcache::InfinigenSkew* first = nullptr;
+  options.engine_factory = [&](std::shared_ptr<const ModelWeights> weights,
+                               kvcache::KvManager* manager,
+                               int tp) -> absl::StatusOr<std::unique_ptr<GangEngine>> {
+    auto* ig = dynamic_cast<kvcache::InfinigenKvManager*>(manager);
+    if (ig != nullptr) preset.push_back(ig->skew());
+    auto engine = cpu(std::move(weights), manager, tp);
+    if (ig != nullptr && first == nullptr) first = ig->skew();
+    return engine;
+  };
+  auto report = MeasureBenchQuality(w, "infinigen", params, Context(w->config), workload,
+                                    options, &records);
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ(report->measured, 3);
+  ASSERT_EQ(preset.size(), 3u);
+  ASSERT_NE(first, nullptr);
+  EXPECT_EQ(preset[0], nullptr);  // calibrated by the first engine
+  EXPECT_EQ(preset[1], first);
+  EXPECT_EQ(preset[2], first);
+  for (size_t i = 0; i < workload.size(); ++i) {
+    kvcache::KvManagerContext ctx = Context(w->config);
+    ctx.kv_memory_bytes = std::max<int64_t>(
+        ctx.kv_memory_bytes, ctx.geometry.BytesPerToken() * (ctx.max_model_len + 64));
+    auto fresh = EvaluateTeacherForced(w, "infinigen", params, ctx, workload[i].prompt, 4);
+    ASSERT_TRUE(fresh.ok()) << fresh.status();
+    ASSERT_TRUE(records[i].quality_mean_kl.has_value());
+    EXPECT_EQ(*records[i].quality_mean_kl, fresh->mean_kl);
+    EXPECT_EQ(*records[i].quality_top1_agreement, fresh->top1_agreement);
+  }
 }
 
 // host_kv_storage false (for engines that keep the K/V themselves) reaches the managers: a
